@@ -1,0 +1,3 @@
+from model.model import PRESETS, Config, KVCache, Model, preset
+
+__all__ = ["Config", "KVCache", "Model", "PRESETS", "preset"]

@@ -1,0 +1,227 @@
+"""The TinyStories GPT: configuration, network and key/value cache.
+
+Reading order: Config and its presets, KVCache, CausalSelfAttention, MLP, Block, Model.
+This file holds the network only: no files, no tokenizer, no command line.
+Shapes in comments: B batch, T new tokens, S cached + new tokens, C n_embd, H heads, D head size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACTIVATIONS = ("gelu", "gelu_new")
+
+
+@dataclass
+class Config:
+    vocab_size: int = 50257
+    block_size: int = 512
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.1
+    bias: bool = True
+    # "gelu" is exact GELU (the seed's); "gelu_new" is GPT-2's tanh approximation, so GPT-2 imports are exact.
+    activation: str = "gelu"
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def ffn_size(self) -> int:
+        return 4 * self.n_embd
+
+
+# "33M" is the seed's architecture; the others keep tests and CPU experiments fast.
+PRESETS: dict[str, Config] = {
+    "33M": Config(),
+    "small": Config(n_layer=4, n_head=4, n_embd=256, block_size=256),
+    "tiny": Config(n_layer=2, n_head=2, n_embd=64, block_size=128),
+    "nano": Config(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=512),
+}
+
+
+def preset(name: str, **overrides) -> Config:
+    """A copy of the named preset with some fields replaced."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding, preallocated to `max_len` positions.
+
+    One forward over a prefix and token-by-token forwards through the same cache give the same logits.
+    """
+
+    def __init__(self, config: Config, batch_size: int, max_len: Optional[int] = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        max_len = config.block_size if max_len is None else max_len
+        if max_len > config.block_size:
+            raise ValueError(f"max_len {max_len} exceeds block_size {config.block_size}")
+        head_size = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, head_size)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far, the same for every layer once a forward completes
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[3]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new (B, H, T, D) keys and values of `layer`; return all keys and values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions needed, {self.max_len} allocated")
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def reorder(self, batch_indices: torch.Tensor) -> None:
+        """Keep rows `batch_indices` of the batch (beam search picks which hypotheses survive)."""
+        self.keys = self.keys.index_select(1, batch_indices)
+        self.values = self.values.index_select(1, batch_indices)
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: Config, layer_index: int) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.layer_index = layer_index
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.residual_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.length
+            k, v = kv_cache.update(self.layer_index, k, v)  # (B, H, S, D)
+        dropout_p = self.dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif T == 1:
+            # One new token may see every cached position: no mask, so SDPA keeps its fast path.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            # Several new tokens after a cached prefix: new token i sees positions up to past + i.
+            visible = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.residual_dropout(self.out_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, config.ffn_size, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_new" else "none")
+        self.proj = nn.Linear(config.ffn_size, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(self.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: Config, layer_index: int) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_index)
+        self.mlp_norm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), kv_cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Model(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.final_norm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.token_embedding.weight  # weight tying: one tensor, counted once
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) so the residual stream's variance
+        # does not grow with depth (two residual additions per block).
+        for name, parameter in self.named_parameters():
+            if name.endswith("out_proj.weight") or name.endswith("mlp.proj.weight"):
+                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self, include_embeddings: bool = True) -> int:
+        """Unique parameters (the tied output weight counted once); optionally without the embeddings."""
+        total = sum(p.numel() for p in self.parameters())
+        if not include_embeddings:
+            total -= self.token_embedding.weight.numel() + self.position_embedding.weight.numel()
+        return total
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                kv_cache: Optional[KVCache] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """idx (B, T) token ids -> logits (B, T, vocab_size) and the mean cross-entropy over targets != -1.
+
+        With `kv_cache`, idx continues the cached sequence: positions start at the cache's length.
+        """
+        B, T = idx.shape
+        past = 0 if kv_cache is None else kv_cache.length
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
+        positions = torch.arange(past, past + T, device=idx.device)
+        x = self.embedding_dropout(self.token_embedding(idx) + self.position_embedding(positions))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, kv_cache)
+        if kv_cache is not None:
+            kv_cache.length += T
+        logits = self.lm_head(self.final_norm(x))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def new_kv_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
+        """An empty cache on this model's device and in its parameters' dtype."""
+        weight = self.token_embedding.weight
+        return KVCache(self.config, batch_size, max_len, device=weight.device, dtype=weight.dtype)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str | torch.device = "cpu") -> "Model":
+        """Load a `.pth` checkpoint written by this project (see tinystories.checkpoint)."""
+        from tinystories.checkpoint import load_model  # the library owns file formats; the network does not
+
+        return load_model(path, device=device)[0]

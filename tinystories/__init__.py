@@ -1,0 +1,1 @@
+"""What the TinyStories scripts share: tokenizer, checkpoints, data, training, sampling, evaluation, HF interop."""

@@ -1,0 +1,153 @@
+"""Command-line flags derived from dataclasses: one definition gives defaults, types, help and the JSON.
+
+Each dataclass field becomes `--field_name`; `metadata={"help": ..., "choices": ...}` documents it.
+Values are layered: dataclass defaults, then a `--config` file (JSON or YAML), then explicit flags.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+from tinystories.errors import USER_ERROR_EXIT_STATUS, UserError
+
+T = TypeVar("T")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one stderr line (no usage dump), exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_STATUS)
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _optional_of(annotation: Any) -> Optional[type]:
+    """X for Optional[X] (or X | None), else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(arguments) == 1 and len(typing.get_args(annotation)) == 2:
+            return arguments[0]
+    return None
+
+
+def _parser_for(annotation: Any) -> tuple[Any, bool]:
+    """(function turning a command-line string into the field's type, whether None is allowed)."""
+    inner = _optional_of(annotation)
+    nullable = inner is not None
+    base = inner if nullable else annotation
+    convert = parse_bool if base is bool else base
+
+    def parse(text: str) -> Any:
+        if nullable and text.strip().lower() in ("none", "null"):
+            return None
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {getattr(base, '__name__', base)}, got {text!r}") from None
+
+    parse.__name__ = getattr(base, "__name__", "value")  # argparse names the type in its messages
+    return parse, nullable
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any = None,
+                            title: Optional[str] = None) -> None:
+    """Add one `--name` flag per field of dataclass `cls`.
+
+    Flags not given on the command line are absent from the parsed namespace (argparse.SUPPRESS), so
+    callers can layer them over other sources with `merge_dataclass`.
+    """
+    group = parser.add_argument_group(title or cls.__name__)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        parse, _ = _parser_for(hints[field.name])
+        default = getattr(defaults, field.name) if defaults is not None else _field_default(field)
+        help_text = field.metadata.get("help", "")
+        group.add_argument(f"--{field.name}", type=parse, default=argparse.SUPPRESS,
+                           choices=field.metadata.get("choices"), metavar=field.metadata.get("metavar"),
+                           help=f"{help_text} (default: {default})".strip())
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def explicit_values(cls: type, namespace: argparse.Namespace) -> dict[str, Any]:
+    """The fields of `cls` that were given on the command line."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    return {name: value for name, value in vars(namespace).items() if name in names}
+
+
+def merge_dataclass(base: T, overrides: dict[str, Any], source: str) -> T:
+    """`base` with `overrides` applied; unknown keys or wrong types are a UserError naming `source`."""
+    hints = typing.get_type_hints(type(base))
+    known = {field.name for field in dataclasses.fields(base)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+    checked = {}
+    for name, value in overrides.items():
+        checked[name] = _coerce(value, hints[name], f"{source}: {name}")
+    return dataclasses.replace(base, **checked)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Accept JSON/YAML values of the field's type (ints where floats are expected, strings via the CLI parser)."""
+    inner = _optional_of(annotation)
+    if value is None:
+        if inner is None:
+            raise UserError(f"{where} may not be null")
+        return None
+    base = inner or annotation
+    if isinstance(value, str) and base is not str:
+        parse, _ = _parser_for(annotation)
+        try:
+            return parse(value)
+        except argparse.ArgumentTypeError as error:
+            raise UserError(f"{where}: {error}") from None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base in (int, float, str, bool) and not (isinstance(value, base) and not (base is int and isinstance(value, bool))):
+        raise UserError(f"{where}: expected {base.__name__}, got {value!r}")
+    return value
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Settings from a JSON or YAML file (a mapping of field names to values)."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"config file {path} not found")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            settings = yaml.safe_load(text)
+        else:
+            settings = json.loads(text)
+    except Exception as error:  # yaml and json raise different types; either way the file is unreadable
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"config file {path} could not be parsed: {first_line}") from None
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise UserError(f"config file {path} must hold a mapping of setting names to values")
+    return settings

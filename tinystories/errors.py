@@ -1,0 +1,23 @@
+"""User errors: mistakes a user can make (bad arguments, missing or corrupt files, empty data).
+
+Scripts report them as one line on stderr and exit with status 2, never with a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+USER_ERROR_EXIT_STATUS = 2
+
+
+class UserError(Exception):
+    """Something the user can fix; the message says what was wrong and what to do."""
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a script's main(); a UserError becomes one stderr line and exit status 2."""
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_STATUS)
