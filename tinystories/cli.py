@@ -65,7 +65,7 @@ def _parser_for(annotation: Any) -> tuple[Any, bool]:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any = None,
-                            title: Optional[str] = None) -> None:
+                            title: Optional[str] = None, exclude: tuple[str, ...] = ()) -> None:
     """Add one `--name` flag per field of dataclass `cls`.
 
     Flags not given on the command line are absent from the parsed namespace (argparse.SUPPRESS), so
@@ -74,6 +74,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults
     group = parser.add_argument_group(title or cls.__name__)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
         parse, _ = _parser_for(hints[field.name])
         default = getattr(defaults, field.name) if defaults is not None else _field_default(field)
         help_text = field.metadata.get("help", "")

@@ -1,0 +1,179 @@
+"""tinystories.hf and export.py: our Model and transformers' GPT2LMHeadModel compute the same function."""
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from model.model import Model, preset
+from tinystories.errors import UserError
+from tinystories.hf import from_hf, load_hf, to_hf
+
+ROOT = Path(__file__).resolve().parent.parent
+TOLERANCE = 1e-5  # fp32 max abs logit difference
+
+
+def perturbed(module: torch.nn.Module) -> torch.nn.Module:
+    """Random noise on every parameter: non-zero biases and non-unit norms catch more mapping mistakes."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return module.eval()
+
+
+def random_model(activation: str = "gelu") -> Model:
+    return perturbed(Model(preset("tiny", dropout=0.0, activation=activation)))
+
+
+def max_logit_difference(model: Model, hf_model, vocab_size: int = 50257) -> float:
+    idx = torch.randint(0, vocab_size, (2, model.config.block_size))
+    with torch.no_grad():
+        ours, _ = model(idx)
+        theirs = hf_model(idx).logits
+    return (ours - theirs).abs().max().item()
+
+
+def greedy_ours(model: Model, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    cache = model.new_kv_cache(batch_size=1, max_len=prompt.shape[1] + steps)
+    ids, new = prompt, prompt
+    with torch.no_grad():
+        for _ in range(steps):
+            logits, _ = model(new, kv_cache=cache)
+            new = logits[:, -1].argmax(dim=-1, keepdim=True)
+            ids = torch.cat([ids, new], dim=1)
+    return ids
+
+
+def run_export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "export.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new"])
+def test_exported_model_gives_the_same_logits(activation):
+    model = random_model(activation)
+    difference = max_logit_difference(model, to_hf(model))
+    print(f"ours -> HF, {activation}: max abs logit difference {difference:.3g}")
+    assert difference <= TOLERANCE
+
+
+@pytest.mark.parametrize("hf_activation", ["gelu", "gelu_new", "gelu_pytorch_tanh"])
+def test_imported_model_gives_the_same_logits(hf_activation):
+    hf_config = transformers.GPT2Config(vocab_size=50257, n_positions=128, n_embd=64, n_layer=2, n_head=2,
+                                        activation_function=hf_activation, resid_pdrop=0.0, embd_pdrop=0.0,
+                                        attn_pdrop=0.0)
+    hf_model = perturbed(transformers.GPT2LMHeadModel(hf_config))
+    model = from_hf(hf_model)
+    difference = max_logit_difference(model, hf_model)
+    print(f"HF -> ours, {hf_activation}: max abs logit difference {difference:.3g}")
+    assert difference <= TOLERANCE
+    assert model.config.activation == ("gelu" if hf_activation == "gelu" else "gelu_new")
+
+
+def test_bias_free_model_exports_with_zero_biases():
+    model = perturbed(Model(preset("nano", dropout=0.0, bias=False)))
+    assert max_logit_difference(model, to_hf(model), vocab_size=model.config.vocab_size) <= TOLERANCE
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new"])
+def test_greedy_decoding_gives_the_same_tokens(activation):
+    model = random_model(activation)
+    hf_model = to_hf(model)
+    hf_model.generation_config.eos_token_id = None  # stopping at <|endoftext|> would shorten HF's output only
+    hf_model.generation_config.bos_token_id = None
+    prompt = torch.randint(0, 50257, (1, 8))
+    theirs = hf_model.generate(prompt, max_new_tokens=32, do_sample=False)
+    assert torch.equal(greedy_ours(model, prompt, 32), theirs)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A checkpoint written the plain way, and the Hugging Face folder export.py made of it."""
+    folder = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    model = random_model()
+    checkpoint = folder / "model.pth"
+    torch.save({"model": model.state_dict(), "config": asdict(model.config)}, checkpoint)
+    result = run_export("--model", str(checkpoint), "--out", str(folder / "hf_model"))
+    assert result.returncode == 0, result.stderr
+    assert str(folder / "hf_model") in result.stdout
+    return model, checkpoint, folder / "hf_model"
+
+
+def test_exported_folder_loads_with_transformers(exported):
+    model, _, hf_folder = exported
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(hf_folder).eval()
+    assert max_logit_difference(model, hf_model) <= TOLERANCE
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_folder)
+    assert tokenizer("Hello world")["input_ids"] == [15496, 995]
+    assert len(tokenizer) == 50257
+    assert tokenizer.eos_token_id == 50256
+    assert tokenizer.decode([15496, 995]) == "Hello world"
+
+
+def test_round_trip_through_hf_keeps_every_weight(exported, tmp_path):
+    model, _, hf_folder = exported
+    result = run_export("--from_hf", str(hf_folder), "--out", str(tmp_path / "back.pth"))
+    assert result.returncode == 0, result.stderr
+    back = torch.load(tmp_path / "back.pth", weights_only=True)
+    assert back["config"] == asdict(model.config)
+    original = model.state_dict()
+    assert back["model"].keys() == original.keys()
+    assert all(torch.equal(back["model"][name], original[name]) for name in original)
+
+
+def edited_config(source: Path, destination: Path, **changes) -> Path:
+    shutil.copytree(source, destination)
+    config = json.loads((destination / "config.json").read_text())
+    (destination / "config.json").write_text(json.dumps({**config, **changes}))
+    return destination
+
+
+def test_export_reports_bad_input_in_one_line(exported, tmp_path):
+    _, checkpoint, hf_folder = exported
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(checkpoint.read_bytes()[:1000])
+    wrong_size = edited_config(hf_folder, tmp_path / "wrong_size", n_embd=32)
+    for args in (["--model", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "a")],
+                 ["--model", str(corrupt), "--out", str(tmp_path / "b")],
+                 ["--from_hf", str(wrong_size), "--out", str(tmp_path / "c.pth")]):
+        result = run_export(*args)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"n_inner": 100}, "n_inner is 100"),
+    ({"activation_function": "relu"}, "activation 'relu'"),
+    ({"model_type": "llama"}, "'llama' model"),
+    ({"n_embd": 32}, "has shape"),
+])
+def test_unconvertible_hf_models_are_refused(exported, tmp_path, changes, message):
+    folder = edited_config(exported[2], tmp_path / "edited", **changes)
+    with pytest.raises(UserError, match=message):
+        load_hf(str(folder))
+
+
+def test_corrupt_or_missing_hf_weights_are_refused(exported, tmp_path):
+    folder = edited_config(exported[2], tmp_path / "corrupt")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match="weights could not be loaded"):
+        load_hf(str(folder))
+    with pytest.raises(UserError, match="neither a model folder"):
+        load_hf(str(tmp_path / "no_such_folder"))
+
+
+def test_untied_output_layer_is_refused():
+    hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=100, n_positions=16, n_embd=8, n_layer=1, n_head=2, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=None))
+    with torch.no_grad():
+        hf_model.lm_head.weight.add_(1.0)
+    with pytest.raises(UserError, match="not tied"):
+        from_hf(hf_model)

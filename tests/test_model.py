@@ -1,0 +1,107 @@
+"""The network: configuration defaults, parameter count, tying, initialisation, loss and the KV cache."""
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.model import PRESETS, Config, Model, preset
+
+
+def test_config_defaults_are_the_seed_architecture():
+    config = Config()
+    assert asdict(config) == asdict(PRESETS["33M"])
+    assert (config.vocab_size, config.block_size, config.n_layer, config.n_head, config.n_embd) == (50257, 512, 6, 6, 384)
+    assert config.dropout == 0.1 and config.ffn_size == 1536 and config.activation == "gelu"
+
+
+def test_seed_model_has_about_30_1M_unique_parameters_with_tied_output():
+    model = Model(Config())
+    assert model.lm_head.weight is model.token_embedding.weight
+    total = model.num_parameters()
+    assert 30.0e6 <= total <= 30.2e6
+    assert total == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    assert model.num_parameters(include_embeddings=False) == total - 50257 * 384 - 512 * 384
+
+
+@pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(activation="relu"), dict(dropout=1.0), dict(n_layer=0)])
+def test_invalid_config_is_refused(bad):
+    with pytest.raises(ValueError):
+        Config(**bad)
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge")
+
+
+def test_gpt2_initialisation_scales_residual_projections():
+    config = Config(n_layer=8, n_embd=256, n_head=4, vocab_size=4096)
+    model = Model(config)
+    residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+    for name, parameter in model.named_parameters():
+        if name.endswith(("out_proj.weight", "mlp.proj.weight")):
+            assert parameter.std().item() == pytest.approx(residual_std, rel=0.05), name
+        elif name.endswith(("qkv.weight", "fc.weight", "token_embedding.weight")):
+            assert parameter.std().item() == pytest.approx(0.02, rel=0.05), name
+        elif name.endswith("bias") and "norm" not in name:
+            assert torch.all(parameter == 0), name
+
+
+def test_loss_is_mean_cross_entropy_over_targets_not_minus_one():
+    model = Model(preset("nano", dropout=0.0)).eval()
+    idx = torch.randint(0, 512, (2, 10))
+    targets = torch.randint(0, 512, (2, 10))
+    targets[0, :4] = -1
+    logits, loss = model(idx, targets)
+    assert logits.shape == (2, 10, 512)
+    kept = targets != -1
+    expected = F.cross_entropy(logits[kept], targets[kept])
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert model(idx)[1] is None
+
+
+def test_dropout_is_active_in_training_and_off_in_eval():
+    model = Model(preset("nano", dropout=0.5))
+    idx = torch.randint(0, 512, (1, 16))
+    model.train()
+    assert not torch.equal(model(idx)[0], model(idx)[0])
+    model.eval()
+    assert torch.equal(model(idx)[0], model(idx)[0])
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new"])
+def test_prefix_then_token_by_token_decoding_matches_one_forward(activation):
+    model = Model(preset("tiny", dropout=0.0, activation=activation)).eval()
+    idx = torch.randint(0, 50257, (3, 24))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_kv_cache(batch_size=3)
+        pieces = [model(idx[:, :9], kv_cache=cache)[0], model(idx[:, 9:15], kv_cache=cache)[0]]
+        pieces += [model(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(15, 24)]
+    assert cache.length == 24
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+
+
+def test_kv_cache_reorder_selects_batch_rows():
+    model = Model(preset("nano", dropout=0.0)).eval()
+    idx = torch.randint(0, 512, (2, 5))
+    with torch.no_grad():
+        cache = model.new_kv_cache(2)
+        model(idx, kv_cache=cache)
+        cache.reorder(torch.tensor([1, 1]))
+        step, _ = model(torch.tensor([[7], [7]]), kv_cache=cache)
+        reference, _ = model(torch.cat([idx[1:2], torch.tensor([[7]])], dim=1))
+    assert torch.allclose(step[0, -1], reference[0, -1], atol=1e-5)
+    assert torch.allclose(step[1, -1], reference[0, -1], atol=1e-5)
+
+
+def test_sequences_longer_than_block_size_are_refused():
+    model = Model(preset("nano"))
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    cache = model.new_kv_cache(1)
+    model(torch.zeros(1, 64, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)

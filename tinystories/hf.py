@@ -1,0 +1,241 @@
+"""Hugging Face interop: our Model to and from `transformers.GPT2LMHeadModel`, and model folders on disk.
+
+The two networks compute the same function; only names and layouts differ. GPT-2's `Conv1D` stores weights
+as (in, out) where nn.Linear stores (out, in), so those are transposed; q|k|v are concatenated in the same
+order in both. transformers is a dev dependency (training never needs it), so it is imported lazily.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+import torch.nn as nn
+
+from model.model import Config, Model
+from tinystories.errors import UserError
+from tinystories.tokenizer import EOT_ID, VOCAB_SIZE, bpe_file_paths, get_tokenizer
+
+if TYPE_CHECKING:
+    import transformers
+
+# Our activation name -> GPT-2's; on import, GPT-2's "gelu_pytorch_tanh" is the same tanh approximation.
+ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_new": "gelu_new"}
+ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new"}
+
+# (our name, GPT-2's name, transposed?) for the parameters of block N.
+_BLOCK_PARAMETERS = [
+    ("attn_norm.weight", "ln_1.weight", False),
+    ("attn_norm.bias", "ln_1.bias", False),
+    ("attn.qkv.weight", "attn.c_attn.weight", True),
+    ("attn.qkv.bias", "attn.c_attn.bias", False),
+    ("attn.out_proj.weight", "attn.c_proj.weight", True),
+    ("attn.out_proj.bias", "attn.c_proj.bias", False),
+    ("mlp_norm.weight", "ln_2.weight", False),
+    ("mlp_norm.bias", "ln_2.bias", False),
+    ("mlp.fc.weight", "mlp.c_fc.weight", True),
+    ("mlp.fc.bias", "mlp.c_fc.bias", False),
+    ("mlp.proj.weight", "mlp.c_proj.weight", True),
+    ("mlp.proj.bias", "mlp.c_proj.bias", False),
+]
+# lm_head is absent: both models tie it to the token embedding.
+_OTHER_PARAMETERS = [
+    ("token_embedding.weight", "transformer.wte.weight", False),
+    ("position_embedding.weight", "transformer.wpe.weight", False),
+    ("final_norm.weight", "transformer.ln_f.weight", False),
+    ("final_norm.bias", "transformer.ln_f.bias", False),
+]
+# A sentence whose ids the saved tokenizer must reproduce (it covers spaces, digits, punctuation, unicode).
+_TOKENIZER_PROBE = "Hello world! Once upon a time, 3 little cats said: \"don't\" — café 🐈\n\n  end"
+
+
+def _parameter_names(n_layer: int) -> list[tuple[str, str, bool]]:
+    names = list(_OTHER_PARAMETERS)
+    for layer in range(n_layer):
+        names += [(f"blocks.{layer}.{ours}", f"transformer.h.{layer}.{theirs}", transposed)
+                  for ours, theirs, transposed in _BLOCK_PARAMETERS]
+    return names
+
+
+def _transformers() -> ModuleType:
+    try:
+        import transformers
+    except ModuleNotFoundError:
+        raise UserError("Hugging Face interop needs transformers: pip install -r requirements-dev.txt") from None
+    return transformers
+
+
+def gpt2_config(config: Config) -> "transformers.GPT2Config":
+    """The GPT2Config of a network identical to `Model(config)`."""
+    eot = EOT_ID if config.vocab_size > EOT_ID else None  # an id outside the vocabulary would be invalid
+    return _transformers().GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_ctx=config.block_size,
+        n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head, n_inner=None,
+        activation_function=ACTIVATION_TO_HF[config.activation], layer_norm_epsilon=config.layer_norm_epsilon,
+        resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+        tie_word_embeddings=True, bos_token_id=eot, eos_token_id=eot)
+
+
+def config_from_gpt2(hf_config: "transformers.GPT2Config") -> Config:
+    """Our Config for a GPT-2 config; a GPT-2 variant our Model cannot represent exactly is a UserError."""
+    def refuse(reason: str) -> UserError:
+        return UserError(f"this GPT-2 model cannot be converted: {reason}")
+
+    if hf_config.activation_function not in ACTIVATION_FROM_HF:
+        raise refuse(f"activation {hf_config.activation_function!r} is not one of {', '.join(ACTIVATION_FROM_HF)}")
+    if hf_config.n_inner is not None and hf_config.n_inner != 4 * hf_config.n_embd:
+        raise refuse(f"n_inner is {hf_config.n_inner}, but the MLP must be 4 * n_embd = {4 * hf_config.n_embd} wide")
+    if getattr(hf_config, "add_cross_attention", False):
+        raise refuse("it has cross-attention layers")
+    if not getattr(hf_config, "scale_attn_weights", True) or getattr(hf_config, "scale_attn_by_inverse_layer_idx", False):
+        raise refuse("its attention scores are not scaled by 1/sqrt(head size)")
+    try:
+        return Config(vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions, n_layer=hf_config.n_layer,
+                      n_head=hf_config.n_head, n_embd=hf_config.n_embd,
+                      dropout=hf_config.resid_pdrop,  # our single dropout rate; inference ignores it anyway
+                      bias=True, activation=ACTIVATION_FROM_HF[hf_config.activation_function],
+                      layer_norm_epsilon=hf_config.layer_norm_epsilon)
+    except (TypeError, ValueError) as error:
+        raise refuse(str(error)) from None
+
+
+def _copy_parameters(target: nn.Module, values: dict[str, torch.Tensor]) -> None:
+    """Copy `values` into `target`'s parameters (a tied parameter is named once); all must be given."""
+    parameters = dict(target.named_parameters())
+    if parameters.keys() != values.keys():
+        missing, extra = sorted(parameters.keys() - values.keys()), sorted(values.keys() - parameters.keys())
+        raise ValueError(f"parameter names differ: missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for name, value in values.items():
+            if parameters[name].shape != value.shape:
+                raise UserError(f"{name} has shape {tuple(value.shape)}, expected {tuple(parameters[name].shape)}")
+            parameters[name].copy_(value)
+
+
+def to_hf(model: Model) -> "transformers.GPT2LMHeadModel":
+    """A GPT2LMHeadModel (fp32, CPU, eval mode) that computes the same logits as `model`."""
+    hf_model = _transformers().GPT2LMHeadModel(gpt2_config(model.config))
+    hf_parameters = dict(hf_model.named_parameters())
+    state = model.state_dict()
+    values = {}
+    for ours, theirs, transposed in _parameter_names(model.config.n_layer):
+        if ours in state:
+            values[theirs] = state[ours].t() if transposed else state[ours]
+        else:
+            # bias=False models: GPT-2 always has biases, and zero biases compute the same function.
+            values[theirs] = torch.zeros_like(hf_parameters[theirs])
+    _copy_parameters(hf_model, values)
+    return hf_model.eval()
+
+
+def from_hf(hf_model: "transformers.GPT2LMHeadModel") -> Model:
+    """Our Model (fp32, CPU, eval mode) computing the same logits as a GPT-2-architecture `hf_model`."""
+    config = config_from_gpt2(hf_model.config)
+    parameters = dict(hf_model.named_parameters())
+    output = hf_model.get_output_embeddings().weight
+    if output is not hf_model.transformer.wte.weight and not torch.equal(output, hf_model.transformer.wte.weight):
+        raise UserError("this GPT-2 model cannot be converted: its output layer is not tied to the token embedding")
+    values = {}
+    for ours, theirs, transposed in _parameter_names(config.n_layer):
+        if theirs not in parameters:
+            raise UserError(f"this GPT-2 model cannot be converted: it has no parameter {theirs}")
+        values[ours] = parameters[theirs].t() if transposed else parameters[theirs]
+    model = Model(config)
+    _copy_parameters(model, values)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _quiet_transformers(progress_bars: bool) -> Iterator[None]:
+    """Silence transformers' warnings (our checks replace its load report) and optionally its progress bars."""
+    logging = _transformers().utils.logging
+    verbosity, bars_enabled = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    if not progress_bars:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars_enabled:
+            logging.enable_progress_bar()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_hf(path_or_repo_id: str) -> Model:
+    """Our Model from a GPT-2-architecture model folder or Hugging Face hub repo id."""
+    transformers = _transformers()
+    # A local folder needs no download, so its bars would only add noise before a possible error line.
+    with _quiet_transformers(progress_bars=not Path(path_or_repo_id).is_dir()):
+        try:
+            config_dict, _ = transformers.PretrainedConfig.get_config_dict(path_or_repo_id)
+        except OSError as error:
+            raise UserError(f"{path_or_repo_id} is neither a model folder nor a loadable Hugging Face repo: "
+                            f"{_first_line(error)}") from None
+        model_type = config_dict.get("model_type")
+        if model_type is None:
+            raise UserError(f"{path_or_repo_id} has no Hugging Face model config (config.json)")
+        if model_type != "gpt2":
+            raise UserError(f"{path_or_repo_id} is a {model_type!r} model; only GPT-2-architecture models convert")
+        hf_config = transformers.GPT2Config.from_dict(config_dict)
+        try:
+            config_from_gpt2(hf_config)  # refuse an unconvertible model before its weights are downloaded
+        except UserError as error:
+            raise UserError(f"{path_or_repo_id}: {error}") from None
+        try:
+            hf_model, info = transformers.GPT2LMHeadModel.from_pretrained(
+                path_or_repo_id, config=hf_config, output_loading_info=True, ignore_mismatched_sizes=True)
+        except Exception as error:  # OSError, safetensors' and torch's errors alike mean unreadable weights
+            raise UserError(f"{path_or_repo_id}: weights could not be loaded: {_first_line(error)}") from None
+    # from_pretrained fills missing or wrongly shaped weights with random ones; a conversion must not.
+    if info["mismatched_keys"]:
+        name, found, expected = sorted(info["mismatched_keys"])[0]
+        raise UserError(f"{path_or_repo_id}: {name} has shape {tuple(found)} but its config.json implies "
+                        f"{tuple(expected)}")
+    if info["missing_keys"]:
+        raise UserError(f"{path_or_repo_id}: weights are missing: {', '.join(sorted(info['missing_keys'])[:3])}")
+    return from_hf(hf_model)
+
+
+def gpt2_tokenizer(model_max_length: int) -> "transformers.PreTrainedTokenizerBase":
+    """GPT-2's tokenizer built from the local BPE files, so saving it needs no network."""
+    paths = bpe_file_paths()
+    vocab = json.loads(paths["encoder.json"].read_text(encoding="utf-8"))
+    lines = paths["vocab.bpe"].read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split(" ")) for line in lines[1:] if line]  # line 0 is "#version: 0.2"
+    # In transformers 5, GPT2Tokenizer(vocab_file=..., merges_file=...) silently builds an empty tokenizer;
+    # the vocabulary and merges must be passed as a dict and a list.
+    return _transformers().GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def save_hf(model: Model, out_dir: str | os.PathLike) -> list[Path]:
+    """Write a Hugging Face model folder (config, safetensors weights, tokenizer); return the files in it.
+
+    `GPT2LMHeadModel.from_pretrained(out_dir)` and `AutoTokenizer.from_pretrained(out_dir)` load it offline.
+    """
+    transformers = _transformers()
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder; pass a folder path to --out")
+    to_hf(model).save_pretrained(folder)
+    gpt2_tokenizer(model.config.block_size).save_pretrained(folder)
+    # The original files too, for tools that read a slow GPT-2 tokenizer from vocab.json and merges.txt.
+    paths = bpe_file_paths()
+    shutil.copyfile(paths["encoder.json"], folder / "vocab.json")
+    shutil.copyfile(paths["vocab.bpe"], folder / "merges.txt")
+
+    saved = transformers.AutoTokenizer.from_pretrained(folder)
+    expected = get_tokenizer().encode(_TOKENIZER_PROBE)
+    if len(saved) != VOCAB_SIZE or saved(_TOKENIZER_PROBE)["input_ids"] != expected:
+        raise UserError(f"the tokenizer saved in {out_dir} does not reproduce GPT-2's ids with transformers "
+                        f"{transformers.__version__}; try another transformers version")
+    return sorted(path for path in folder.iterdir() if path.is_file())
