@@ -1,0 +1,120 @@
+"""Continue a prompt with a trained model, streaming the text as it is generated.
+
+    python generate.py --prompt "Once upon a time" --temperature 0.8 --top_k 50 --top_p 0.95
+    python generate.py --num_beams 5 --max_tokens 200        # the paper's greedy beam search
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from tinystories.checkpoint import load_model
+from tinystories.cli import ArgumentParser, add_dataclass_arguments, explicit_values, merge_dataclass
+from tinystories.device import DEVICE_HELP, resolve_device
+from tinystories.errors import UserError, run_main
+from tinystories.sampling import Completion, SamplingConfig, complete, decoding_model
+
+
+@dataclass
+class GenerateConfig:
+    prompt: str = field(default="Once upon a time", metadata={"help": "the text to continue"})
+    prompt_file: Optional[str] = field(default=None, metadata={
+        "metavar": "FILE", "help": "continue every line of FILE instead of --prompt (blank lines are skipped)"})
+    model: str = field(default="results/checkpoints/best_model.pth", metadata={"help": "checkpoint to load"})
+    max_tokens: int = field(default=256, metadata={"help": "new tokens per sample, at most"})
+    num_samples: int = field(default=1, metadata={"help": "samples per prompt"})
+    num_beams: int = field(default=1, metadata={
+        "help": "beam search with this many beams when above 1: deterministic, ignores --temperature, "
+                "--top_k and --top_p (the paper evaluated with 5)"})
+    seed: Optional[int] = field(default=None, metadata={
+        "help": "random seed: the same seed gives the same text (None: a fresh seed, reported by --json)"})
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+    ignore_eos: bool = field(default=False, metadata={
+        "help": "keep generating after <|endoftext|> (which then appears in the text) until --max_tokens"})
+    json: bool = field(default=False, metadata={
+        "help": "print one JSON document (text, token ids, tokens/s per sample) instead of streaming text"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "num_samples", "num_beams"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_beams > 1 and self.num_samples > 1:
+            raise UserError("beam search is deterministic: --num_samples must be 1 with --num_beams above 1")
+        if self.prompt_file is None and not self.prompt:
+            raise UserError("--prompt is empty; give some text to continue")
+
+
+def read_prompts(config: GenerateConfig) -> list[str]:
+    if config.prompt_file is None:
+        return [config.prompt]
+    path = Path(config.prompt_file)
+    if not path.is_file():
+        raise UserError(f"prompt file {path} not found")
+    try:
+        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"prompt file {path} is not UTF-8 text") from None
+    if not prompts:
+        raise UserError(f"prompt file {path} holds no prompts (one per line)")
+    return prompts
+
+
+def parse_arguments(argv: Optional[list[str]] = None) -> tuple[GenerateConfig, SamplingConfig]:
+    parser = ArgumentParser(description="Continue a prompt with a trained TinyStories model.")
+    add_dataclass_arguments(parser, GenerateConfig, title="generation")
+    add_dataclass_arguments(parser, SamplingConfig, title="sampling (Hugging Face's order: temperature, top-k, top-p)")
+    namespace = parser.parse_args(argv)
+    config = merge_dataclass(GenerateConfig(), explicit_values(GenerateConfig, namespace), "command line")
+    sampling = merge_dataclass(SamplingConfig(), explicit_values(SamplingConfig, namespace), "command line")
+    return config, sampling
+
+
+def write_text(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def main() -> None:
+    config, sampling = parse_arguments()
+    prompts = read_prompts(config)
+    device = resolve_device(config.device)
+    model, checkpoint = load_model(config.model, device)
+    decoder = decoding_model(model)
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    labelled = len(prompts) * config.num_samples > 1
+    completions: list[tuple[int, int, Completion]] = []
+    for prompt_number, prompt in enumerate(prompts, start=1):
+        for sample_number in range(1, config.num_samples + 1):
+            if not config.json:
+                if labelled:
+                    write_text(f"=== prompt {prompt_number}/{len(prompts)}, sample {sample_number}/{config.num_samples} ===\n")
+                write_text(prompt)
+            completion = complete(decoder, prompt, config.max_tokens, sampling, config.num_beams, generator,
+                                  stop_at_eos=not config.ignore_eos, on_text=None if config.json else write_text)
+            completions.append((prompt_number, sample_number, completion))
+            if not config.json:
+                write_text("\n")
+                print(f"[{len(completion.token_ids)} tokens in {completion.seconds:.2f} s, "
+                      f"{completion.tokens_per_second:.1f} tokens/s]", file=sys.stderr)
+    if config.json:
+        document = {
+            "model": config.model, "step": checkpoint.get("step"), "seed": seed, "device": str(device),
+            "max_tokens": config.max_tokens, "num_beams": config.num_beams, "ignore_eos": config.ignore_eos,
+            "sampling": asdict(sampling),
+            "samples": [{"prompt_number": p, "sample": s, "prompt": c.prompt, "text": c.text, "token_ids": c.token_ids,
+                         "new_tokens": len(c.token_ids), "ended_with_eos": c.ended_with_eos,
+                         "seconds": round(c.seconds, 4), "tokens_per_second": round(c.tokens_per_second, 2)}
+                        for p, s, c in completions],
+        }
+        print(json.dumps(document, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,116 @@
+"""generate.py end to end: streaming text, seeds, --json, prompt files, beams, and one-line user errors."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.model import Model, preset
+from tinystories.checkpoint import model_checkpoint, save_checkpoint
+from tinystories.tokenizer import get_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+# Loaded by path: a module named "generate" (or "evaluate") could be another package's.
+spec = importlib.util.spec_from_file_location("generate_script", ROOT / "generate.py")
+generate_script = sys.modules["generate_script"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(generate_script)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("generate") / "model.pth"
+    save_checkpoint(path, model_checkpoint(Model(preset("tiny")), step=0))
+    return path
+
+
+def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run generate.py's main in this process: (exit status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["generate.py", *args])
+    status = 0
+    try:
+        generate_script.run_main(generate_script.main)
+    except SystemExit as exit:
+        status = exit.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_streams_a_continuation_of_the_prompt(checkpoint):
+    result = subprocess.run([sys.executable, "generate.py", "--model", str(checkpoint), "--max_tokens", "12",
+                             "--seed", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Once upon a time") and len(result.stdout) > len("Once upon a time\n")
+    assert "tokens/s" in result.stderr
+
+
+def test_same_seed_gives_the_same_text(checkpoint, monkeypatch, capsys):
+    first = run(monkeypatch, capsys, "--model", str(checkpoint), "--max_tokens", "20", "--seed", "7")
+    second = run(monkeypatch, capsys, "--model", str(checkpoint), "--max_tokens", "20", "--seed", "7")
+    other = run(monkeypatch, capsys, "--model", str(checkpoint), "--max_tokens", "20", "--seed", "8")
+    assert first[0] == 0 and first[1] == second[1] != other[1]
+
+
+def test_json_reports_text_ids_and_speed_per_sample(checkpoint, tmp_path, monkeypatch, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\n\nLily saw a big dog\n")
+    status, out, _ = run(monkeypatch, capsys, "--model", str(checkpoint), "--prompt_file", str(prompts),
+                         "--num_samples", "2", "--max_tokens", "15", "--seed", "3", "--json", "true")
+    assert status == 0
+    document = json.loads(out)
+    assert document["seed"] == 3 and document["sampling"] == {"temperature": 0.8, "top_k": 50, "top_p": 0.95}
+    samples = document["samples"]
+    assert [(s["prompt"], s["sample"]) for s in samples] == [
+        ("Once upon a time", 1), ("Once upon a time", 2), ("Lily saw a big dog", 1), ("Lily saw a big dog", 2)]
+    for sample in samples:
+        assert 1 <= sample["new_tokens"] == len(sample["token_ids"]) <= 15
+        assert sample["tokens_per_second"] > 0
+        ids = sample["token_ids"][:-1] if sample["ended_with_eos"] else sample["token_ids"]
+        assert sample["text"] == get_tokenizer().decode(ids)
+
+
+def test_labels_several_samples_in_text_mode(checkpoint, monkeypatch, capsys):
+    status, out, _ = run(monkeypatch, capsys, "--model", str(checkpoint), "--num_samples", "2", "--max_tokens", "5")
+    assert status == 0
+    assert "=== prompt 1/1, sample 1/2 ===\nOnce upon a time" in out and "sample 2/2" in out
+
+
+def test_beam_search_and_windows_longer_than_the_block(checkpoint, monkeypatch, capsys):
+    def ids(*args):
+        status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--json", "true", *args)
+        assert status == 0, err
+        return json.loads(out)["samples"][0]["token_ids"]
+
+    assert len(ids("--num_beams", "3", "--max_tokens", "10", "--ignore_eos", "true")) == 10
+    assert ids("--num_beams", "1", "--temperature", "0", "--max_tokens", "10") == \
+        ids("--num_beams", "1", "--temperature", "0", "--max_tokens", "10", "--seed", "99")
+    # block_size is 128: 200 new tokens slide the window.
+    assert len(ids("--max_tokens", "200", "--ignore_eos", "true", "--seed", "1")) == 200
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "2.5"], "--temperature"),
+    (["--top_p", "0"], "--top_p"),
+    (["--top_p", "1.5"], "--top_p"),
+    (["--top_k", "-1"], "--top_k"),
+    (["--max_tokens", "0"], "--max_tokens"),
+    (["--prompt", ""], "prompt is empty"),
+    (["--num_beams", "2", "--num_samples", "2"], "--num_samples"),
+    (["--prompt_file", "no_such_prompts.txt"], "not found"),
+    (["--temperature", "hot"], "expected float"),
+])
+def test_bad_arguments_are_one_line_errors(checkpoint, monkeypatch, capsys, args, message):
+    status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), *args)
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_missing_or_corrupt_model_is_a_one_line_error(checkpoint, tmp_path, monkeypatch, capsys):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(checkpoint.read_bytes()[:2000])
+    for path, message in [(tmp_path / "missing.pth", "not found"), (corrupt, "could not be read")]:
+        status, _, err = run(monkeypatch, capsys, "--model", str(path))
+        assert status == 2 and len(err.strip().splitlines()) == 1 and message in err

@@ -1,0 +1,252 @@
+"""tinystories.sampling: filtering on hand-made distributions, seeded sampling, the KV-cache loop and its
+sliding window, streaming UTF-8, and token-for-token agreement with Hugging Face's greedy and beam search."""
+import copy
+import math
+
+import pytest
+import torch
+import transformers
+
+from model.model import Model, preset
+from tinystories.errors import UserError
+from tinystories.hf import to_hf
+from tinystories.sampling import (SamplingConfig, Utf8Stream, beam_search, complete, decoding_model,
+                                  next_token_distribution, pick_next_token, sample_tokens)
+from tinystories.tokenizer import EOT_ID, get_tokenizer
+
+PROMPT = [7454, 2402, 257, 640]  # "Once upon a time"
+GREEDY = SamplingConfig(temperature=0.0)
+
+
+def random_model(name: str = "tiny", **overrides) -> Model:
+    """Perturbed weights: sharper, more varied distributions than a fresh initialisation."""
+    model = Model(preset(name, dropout=0.0, **overrides))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    torch.manual_seed(0)
+    return random_model()
+
+
+def kept(logits, **settings) -> dict[int, float]:
+    ids, probabilities = next_token_distribution(torch.tensor(logits).log(), SamplingConfig(**settings))
+    assert math.isclose(probabilities.sum().item(), 1.0, rel_tol=1e-6)
+    return {int(i): round(float(p), 6) for i, p in zip(ids, probabilities)}
+
+
+# Token 1 is the most likely, then 3, then 0; tokens 2 and 4 are tied last.
+PROBABILITIES = [0.125, 0.5, 0.0625, 0.25, 0.0625]
+ALL = {1: 0.5, 3: 0.25, 0: 0.125, 2: 0.0625, 4: 0.0625}
+TOP_THREE = {1: 0.571429, 3: 0.285714, 0: 0.142857}  # 4/7, 2/7, 1/7
+
+
+def test_temperature_one_and_no_filters_keep_the_distribution():
+    assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=1.0) == ALL
+
+
+def test_temperature_divides_the_logits():
+    # p ** (1 / T) renormalised: T = 0.5 squares the probabilities.
+    squares = [p * p for p in PROBABILITIES]
+    expected = {i: round(s / sum(squares), 6) for i, s in enumerate(squares)}
+    assert kept(PROBABILITIES, temperature=0.5, top_k=0, top_p=1.0) == expected
+
+
+def test_top_k_keeps_the_k_most_likely_and_ties_with_the_kth():
+    assert kept(PROBABILITIES, temperature=1.0, top_k=1, top_p=1.0) == {1: 1.0}
+    assert kept(PROBABILITIES, temperature=1.0, top_k=2, top_p=1.0) == {1: 0.666667, 3: 0.333333}
+    assert kept(PROBABILITIES, temperature=1.0, top_k=3, top_p=1.0) == TOP_THREE
+    assert kept(PROBABILITIES, temperature=1.0, top_k=4, top_p=1.0) == ALL  # token 4 ties with token 2
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=0.3) == {1: 1.0}
+    assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=0.74) == {1: 0.666667, 3: 0.333333}
+    assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=0.76) == TOP_THREE
+
+
+def test_top_k_comes_before_top_p():
+    # top-p measures mass within the top k: token 1 holds 0.5 / 0.75 of it, enough for p = 0.6 alone,
+    # where on the whole distribution (0.5 of the mass) it needs token 3 too.
+    assert kept(PROBABILITIES, temperature=1.0, top_k=2, top_p=0.6) == {1: 1.0}
+    assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=0.6) == {1: 0.666667, 3: 0.333333}
+
+
+def test_temperature_comes_before_top_p():
+    # After T = 0.5 token 1 holds 0.25 / 0.336 = 0.74 of the mass, so top_p = 0.7 keeps it alone, where
+    # top-p before the temperature would have kept tokens 1 and 3.
+    assert kept(PROBABILITIES, temperature=0.5, top_k=0, top_p=0.7) == {1: 1.0}
+    assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=0.7) == {1: 0.666667, 3: 0.333333}
+
+
+def test_filters_match_hugging_face_warpers():
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+    generator = torch.Generator().manual_seed(1)
+    for temperature, top_k, top_p in [(0.8, 50, 0.95), (1.3, 0, 0.5), (0.5, 10, 1.0), (1.0, 200, 0.9)]:
+        logits = torch.randn(1, 1000, generator=generator) * 3
+        scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
+        if top_k:
+            scores = TopKLogitsWarper(top_k)(None, scores)
+        if top_p < 1:
+            scores = TopPLogitsWarper(top_p)(None, scores)
+        theirs = torch.softmax(scores[0], dim=0)
+        ids, probabilities = next_token_distribution(logits[0], SamplingConfig(temperature, top_k, top_p))
+        assert set(ids.tolist()) == set(torch.nonzero(theirs).squeeze(1).tolist())
+        assert torch.allclose(probabilities, theirs[ids], atol=1e-6)
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=-0.1), dict(temperature=2.5), dict(top_k=-1),
+                                      dict(top_p=0.0), dict(top_p=1.5)])
+def test_out_of_range_settings_are_user_errors(settings):
+    with pytest.raises(UserError):
+        SamplingConfig(**settings)
+
+
+def test_draws_follow_the_filtered_distribution():
+    logits = torch.tensor(PROBABILITIES).log()
+    generator = torch.Generator().manual_seed(0)
+    sampling = SamplingConfig(temperature=1.0, top_k=0, top_p=0.76)  # {1: 4/7, 3: 2/7, 0: 1/7}
+    draws = [pick_next_token(logits, sampling, generator) for _ in range(4000)]
+    assert 2 not in draws and 4 not in draws
+    for token, probability in {1: 4 / 7, 3: 2 / 7, 0: 1 / 7}.items():
+        assert abs(draws.count(token) / len(draws) - probability) < 0.03
+    assert pick_next_token(logits, GREEDY, None) == 1
+
+
+def test_same_seed_gives_the_same_tokens(model):
+    def draw(seed):
+        return list(sample_tokens(model, PROMPT, 30, SamplingConfig(temperature=1.0),
+                                  torch.Generator().manual_seed(seed), stop_at_eos=False))
+    assert draw(3) == draw(3)
+    assert draw(3) != draw(4)
+
+
+def test_decoding_model_gives_the_models_last_logits(model):
+    decoder = decoding_model(model)
+    idx = torch.randint(0, 50257, (2, 9))
+    with torch.no_grad():
+        expected = model(idx)[0][:, -1:]
+        logits = decoder(idx)[0]
+    assert logits.shape == (2, 1, 50257)
+    assert torch.allclose(logits, expected, atol=1e-4)
+    assert decoder.lm_head is not model.lm_head and model(idx)[0].shape == (2, 9, 50257)
+
+
+def reference_greedy(model: Model, prompt: list[int], steps: int) -> list[int]:
+    """Greedy decoding without a cache, re-encoding the window the module docstring describes each step."""
+    block_size = model.config.block_size
+    keep = block_size - block_size // 4
+    tokens = list(prompt)
+    start = max(0, len(tokens) - block_size)
+    for _ in range(steps):
+        if len(tokens) - start > block_size:
+            start = len(tokens) - keep
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens[start:]]))[0][0, -1]
+        tokens.append(int(logits.argmax()))
+    return tokens[len(prompt):]
+
+
+@pytest.mark.parametrize("prompt_length, steps", [(5, 40), (10, 150), (100, 30)])
+def test_cached_decoding_and_its_sliding_window_match_recomputation(prompt_length, steps):
+    torch.manual_seed(1)
+    nano = random_model("nano")  # block_size 64: 150 new tokens slide the window several times
+    prompt = torch.randint(0, 512, (prompt_length,)).tolist()
+    expected = reference_greedy(nano, prompt, steps)
+    assert list(sample_tokens(nano, prompt, steps, GREEDY, stop_at_eos=False)) == expected
+    assert list(sample_tokens(decoding_model(nano), prompt, steps, GREEDY, stop_at_eos=False)) == expected
+
+
+def test_beam_search_slides_its_window_too():
+    torch.manual_seed(2)
+    nano = random_model("nano")
+    assert len(beam_search(decoding_model(nano), [1, 2, 3], 100, num_beams=3, stop_at_eos=False)) == 100
+    # One beam is greedy decoding.
+    assert beam_search(nano, [1, 2, 3], 100, num_beams=1, stop_at_eos=False) == reference_greedy(nano, [1, 2, 3], 100)
+
+
+def hf_new_tokens(hf_model, prompt: list[int], **settings) -> list[int]:
+    output = hf_model.generate(torch.tensor([prompt]), max_new_tokens=settings.pop("max_new_tokens"),
+                               do_sample=False, pad_token_id=EOT_ID, **settings)
+    tokens = output[0, len(prompt):].tolist()
+    return tokens[:tokens.index(EOT_ID) + 1] if EOT_ID in tokens else tokens
+
+
+def test_greedy_equals_hugging_face_generate(model):
+    hf_model = to_hf(model)
+    ours = list(sample_tokens(decoding_model(model), PROMPT, 64, GREEDY))
+    assert len(ours) == 64
+    assert ours == hf_new_tokens(hf_model, PROMPT, max_new_tokens=64)
+
+
+def test_beam_search_equals_hugging_face_with_eos_ignored(model):
+    hf_model = to_hf(model)
+    hf_model.generation_config.eos_token_id = None
+    decoder = decoding_model(model)
+    for prompt in (PROMPT, [40, 588, 11, 257]):
+        ours = beam_search(decoder, prompt, 48, num_beams=4, stop_at_eos=False)
+        assert ours == hf_new_tokens(hf_model, prompt, max_new_tokens=48, num_beams=4)
+
+
+def test_beam_search_equals_hugging_face_when_hypotheses_end(model):
+    # Move <|endoftext|>'s embedding (which is also its output row) towards the final norm's scale, so
+    # hypotheses end after a few tokens and the finished-hypothesis bookkeeping is exercised.
+    eager = copy.deepcopy(model)
+    with torch.no_grad():
+        eager.token_embedding.weight[EOT_ID] += 2.0 * eager.final_norm.weight
+    hf_model = to_hf(eager)
+    decoder = decoding_model(eager)
+    lengths = set()
+    for prompt in (PROMPT, [40, 588, 11]):
+        for num_beams in (3, 4):
+            ours = beam_search(decoder, prompt, 30, num_beams=num_beams)
+            assert ours == hf_new_tokens(hf_model, prompt, max_new_tokens=30, num_beams=num_beams)
+            lengths.add(len(ours))
+            assert ours[-1] == EOT_ID
+    assert any(length > 1 for length in lengths)
+
+
+def test_utf8_stream_never_splits_a_character():
+    text = "Tom said: \"café, 🐈 and 日本語!\""
+    tokenizer = get_tokenizer()
+    ids = tokenizer.encode(text)
+    partial = [i for i in ids if not _is_utf8(tokenizer.decode_single_token_bytes(i))]
+    assert partial, "the text should have tokens holding part of a character"
+    stream = Utf8Stream()
+    pieces = [stream.push(i) for i in ids] + [stream.flush()]
+    assert "".join(pieces) == text
+    assert "" in pieces and all("\ufffd" not in piece for piece in pieces)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_complete_streams_text_and_stops_at_end_of_text(model):
+    eager = copy.deepcopy(model)
+    with torch.no_grad():
+        eager.token_embedding.weight[EOT_ID] += 3.0 * eager.final_norm.weight
+    pieces = []
+    completion = complete(eager, "Once upon a time", 40, GREEDY, on_text=pieces.append)
+    assert completion.ended_with_eos and completion.token_ids[-1] == EOT_ID
+    assert "".join(pieces) == completion.text and "<|endoftext|>" not in completion.text
+    assert completion.text == get_tokenizer().decode(completion.token_ids[:-1])
+    ignoring = complete(eager, "Once upon a time", 40, GREEDY, stop_at_eos=False)
+    assert len(ignoring.token_ids) == 40 and not ignoring.ended_with_eos
+    assert ignoring.token_ids[:len(completion.token_ids)] == completion.token_ids
+
+
+def test_empty_prompt_and_ids_beyond_the_vocabulary_are_user_errors(model):
+    with pytest.raises(UserError, match="empty"):
+        complete(model, "", 5, GREEDY)
+    with pytest.raises(UserError, match="vocabulary"):
+        complete(random_model("nano"), "Once upon a time", 5, GREEDY)

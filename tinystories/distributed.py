@@ -1,0 +1,53 @@
+"""Process-group set-up for `torchrun`: nccl on GPU, gloo on CPU; a single process needs none."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> Distributed:
+    """Join the process group that torchrun describes in the environment (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return Distributed(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def all_reduce_sum(tensor: torch.Tensor, distributed: Distributed) -> torch.Tensor:
+    """The sum of `tensor` over ranks (itself when running alone)."""
+    if distributed.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier(distributed: Distributed) -> None:
+    if distributed.enabled:
+        dist.barrier()
+
+
+def shutdown(distributed: Distributed) -> None:
+    if distributed.enabled and dist.is_initialized():
+        dist.destroy_process_group()

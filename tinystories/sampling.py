@@ -1,0 +1,279 @@
+"""Text generation: temperature, top-k and top-p sampling, and beam search, over the model's KV cache.
+
+The prompt is processed in one forward; every later forward feeds one new token per sequence, reading the
+keys and values of earlier positions from the cache.
+
+Sliding window: the model has `block_size` learned positions, so the cache holds at most that many
+tokens. When it is full and another token must be fed, the oldest quarter of the window is dropped: the
+cache is emptied and the last `block_size - block_size // 4` tokens are fed again in one forward, at
+positions 0, 1, ... (the positions they would have as the start of a training window), and decoding
+continues one token at a time. Every token is therefore predicted from at least 3/4 of a window of
+context, and the re-encoding costs one forward over 3/4 of a window every `block_size // 4` tokens.
+A prompt longer than `block_size` is cut to its last `block_size` tokens.
+"""
+from __future__ import annotations
+
+import codecs
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.model import Model
+from tinystories.errors import UserError
+from tinystories.tokenizer import EOT_ID, get_tokenizer
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = field(default=0.8, metadata={
+        "help": "softmax temperature in [0, 2]; 0 always picks the most likely token (greedy)"})
+    top_k: int = field(default=50, metadata={"help": "sample among the k most likely tokens only (0 disables)"})
+    top_p: float = field(default=0.95, metadata={
+        "help": "sample among the most likely tokens whose probabilities add up to top_p, in (0, 1] (1 disables)"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.temperature <= 2.0:
+            raise UserError(f"--temperature must be between 0 and 2 (0 means greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"--top_k must be 0 (disabled) or positive, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"--top_p must be in (0, 1] (1 disables it), got {self.top_p}")
+
+
+def next_token_distribution(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, their probabilities, summing to 1) that the next token is drawn from, for logits (V,).
+
+    The order is Hugging Face's: divide by the temperature, keep the top k (and every token tied with the
+    k-th), then keep the most likely tokens until their probability reaches top_p (at least one token).
+    Working on the top-k candidates only avoids sorting the whole vocabulary.
+    """
+    scores = logits.float() / sampling.temperature
+    if 0 < sampling.top_k < scores.numel():
+        kth_best = torch.topk(scores, sampling.top_k, sorted=False).values.min()
+        ids = torch.nonzero(scores >= kth_best).squeeze(1)
+    else:
+        ids = torch.arange(scores.numel(), device=scores.device)
+    sorted_scores, order = scores[ids].sort(descending=True)
+    ids = ids[order]
+    probabilities = torch.softmax(sorted_scores, dim=0)
+    if sampling.top_p < 1.0:
+        mass_before = probabilities.cumsum(dim=0) - probabilities
+        keep = mass_before < sampling.top_p  # the first token always has mass_before 0
+        ids, probabilities = ids[keep], probabilities[keep]
+        probabilities = probabilities / probabilities.sum()
+    return ids, probabilities
+
+
+def pick_next_token(logits: torch.Tensor, sampling: SamplingConfig, generator: Optional[torch.Generator]) -> int:
+    """The next token for logits (V,): the argmax at temperature 0, else a draw from next_token_distribution."""
+    if sampling.temperature == 0.0:
+        return int(logits.argmax())
+    ids, probabilities = next_token_distribution(logits, sampling)
+    return int(ids[torch.multinomial(probabilities, 1, generator=generator)])
+
+
+class _PackedLinear(nn.Module):
+    """nn.Linear with its weight prepacked for oneDNN: on the CPU, a one-row product reads the weight at
+    close to memory bandwidth, where the default BLAS call runs on one thread at a third of it."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+
+class _LastPositionHead(nn.Module):
+    """The output layer applied to the last position only: decoding needs no other logits, and a prefill
+    of hundreds of tokens would otherwise spend most of its time on unused (T, vocab_size) logits."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x[:, -1:])
+
+
+def _can_pack(model: Model) -> bool:
+    weight = model.token_embedding.weight
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def decoding_model(model: Model) -> Model:
+    """A copy of `model` for generation only: forward returns the logits of the last position, (B, 1, V),
+    and on the CPU its linear layers are prepacked for oneDNN. Logits agree with `model` to float rounding."""
+    decoder = copy.deepcopy(model).eval()
+    if _can_pack(decoder):
+        for module in list(decoder.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(module, name, _PackedLinear(child))
+    decoder.lm_head = _LastPositionHead(decoder.lm_head)
+    return decoder
+
+
+class _Window:
+    """The token sequences being decoded and the KV cache over their last `block_size` tokens."""
+
+    def __init__(self, model: Model, prompt: torch.Tensor, new_tokens: int) -> None:
+        self.model = model
+        block_size = model.config.block_size
+        self.keep = block_size - block_size // 4  # tokens kept when the window slides (module docstring)
+        self.cache = model.new_kv_cache(prompt.shape[0], max_len=min(block_size, prompt.shape[1] + new_tokens))
+        self.tokens = prompt  # (B, L): every token so far, prompt included
+        self.logits = self._forward(prompt[:, -block_size:])
+
+    def _forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx, kv_cache=self.cache)[0][:, -1].float()  # (B, V)
+
+    def append(self, next_tokens: torch.Tensor) -> None:
+        """Feed next_tokens (B,), one per sequence; self.logits then predicts the token after them."""
+        column = next_tokens.view(-1, 1)
+        self.tokens = torch.cat([self.tokens, column], dim=1)
+        if self.cache.length == self.cache.max_len:
+            self.cache.reset()
+            self.logits = self._forward(self.tokens[:, -self.keep:])
+        else:
+            self.logits = self._forward(column)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep sequences `rows` (with repeats): beam search's surviving hypotheses."""
+        self.tokens = self.tokens[rows]
+        self.logits = self.logits[rows]
+        self.cache.reorder(rows)
+
+
+def _prompt_tensor(model: Model, prompt: list[int]) -> torch.Tensor:
+    if not prompt:
+        raise UserError("the prompt is empty; give at least one token of text")
+    if max(prompt) >= model.config.vocab_size:
+        raise UserError(f"the prompt has token ids beyond this model's vocabulary of {model.config.vocab_size}")
+    return torch.tensor([prompt], dtype=torch.long, device=model.token_embedding.weight.device)
+
+
+@torch.inference_mode()
+def sample_tokens(model: Model, prompt: list[int], max_new_tokens: int, sampling: SamplingConfig,
+                  generator: Optional[torch.Generator] = None, stop_at_eos: bool = True) -> Iterator[int]:
+    """Yield up to `max_new_tokens` new token ids one at a time; stop after `<|endoftext|>` if stop_at_eos."""
+    if max_new_tokens < 1:
+        return
+    window = _Window(model, _prompt_tensor(model, prompt), max_new_tokens)
+    for step in range(max_new_tokens):
+        token = pick_next_token(window.logits[0], sampling, generator)
+        yield token
+        if (stop_at_eos and token == EOT_ID) or step == max_new_tokens - 1:
+            return
+        window.append(torch.tensor([token], device=window.tokens.device))
+
+
+@torch.inference_mode()
+def beam_search(model: Model, prompt: list[int], max_new_tokens: int, num_beams: int, stop_at_eos: bool = True,
+                length_penalty: float = 1.0) -> list[int]:
+    """The new tokens of the best hypothesis of a deterministic beam search, as Hugging Face's
+    `generate(do_sample=False, num_beams=num_beams)` with its defaults (early_stopping=False) finds them.
+
+    Each step ranks every one-token extension of the running hypotheses by summed log-probability and keeps
+    the best `2 * num_beams` (`num_beams` when EOS is ignored). Those among the first `num_beams` that end
+    with `<|endoftext|>` are finished, scored sum / length ** length_penalty, length counting new tokens;
+    the best `num_beams` that do not end with it keep running. The search stops after `max_new_tokens`
+    (the running hypotheses are then finished too) or once `num_beams` hypotheses are finished and the best
+    running one, scored at its current length, cannot beat the worst of them.
+    """
+    if max_new_tokens < 1:
+        return []
+    window = _Window(model, _prompt_tensor(model, prompt), max_new_tokens)
+    vocab_size = window.logits.shape[-1]
+    width = 2 * num_beams if stop_at_eos else num_beams
+    running_scores = torch.zeros(1, device=window.logits.device)  # summed log-probabilities of the new tokens
+    running: list[list[int]] = [[]]
+    finished: list[tuple[float, list[int]]] = []
+    for length in range(1, max_new_tokens + 1):
+        scores = running_scores[:, None] + torch.log_softmax(window.logits, dim=-1)  # (beams, V)
+        top_scores, top_indices = torch.topk(scores.view(-1), min(width, scores.numel()))
+        candidates = [(float(score), index // vocab_size, index % vocab_size)
+                      for score, index in zip(top_scores.tolist(), top_indices.tolist())]
+        last_step = length == max_new_tokens
+        for score, beam, token in candidates[:num_beams]:
+            if last_step or (stop_at_eos and token == EOT_ID):
+                finished.append((score / length ** length_penalty, running[beam] + [token]))
+        finished = sorted(finished, key=lambda hypothesis: hypothesis[0], reverse=True)[:num_beams]
+        if last_step:
+            break
+        survivors = [c for c in candidates if not (stop_at_eos and c[2] == EOT_ID)][:num_beams]
+        running = [running[beam] + [token] for _, beam, token in survivors]
+        running_scores = torch.tensor([score for score, _, _ in survivors], device=window.logits.device)
+        device = window.tokens.device
+        window.reorder(torch.tensor([beam for _, beam, _ in survivors], device=device))
+        window.append(torch.tensor([token for _, _, token in survivors], device=device))
+        best_possible = survivors[0][0] / length ** length_penalty
+        if len(finished) == num_beams and best_possible <= finished[-1][0]:
+            break
+    return finished[0][1]
+
+
+class Utf8Stream:
+    """Token ids in, text out as soon as it is complete: a multi-byte character split across tokens is held
+    back until its last byte arrives, so streamed pieces never split a character."""
+
+    def __init__(self) -> None:
+        self._tokenizer = get_tokenizer()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self._decoder.decode(self._tokenizer.decode_single_token_bytes(token))
+
+    def flush(self) -> str:
+        """What is left at the end (an unfinished character becomes U+FFFD)."""
+        return self._decoder.decode(b"", final=True)
+
+
+@dataclass
+class Completion:
+    prompt: str
+    text: str  # the new text, without the final <|endoftext|>
+    token_ids: list[int]  # the new tokens, including a final <|endoftext|>
+    ended_with_eos: bool
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.token_ids) / self.seconds if self.seconds > 0 else 0.0
+
+
+def complete(model: Model, prompt: str, max_new_tokens: int, sampling: SamplingConfig, num_beams: int = 1,
+             generator: Optional[torch.Generator] = None, stop_at_eos: bool = True,
+             on_text: Optional[Callable[[str], None]] = None) -> Completion:
+    """Continue `prompt`, calling on_text with each new piece of text as soon as it is decoded.
+
+    With num_beams > 1 the sampling settings are unused (beam search is deterministic) and the text
+    arrives in one piece at the end.
+    """
+    prompt_ids = get_tokenizer().encode_ordinary(prompt)
+    started = time.perf_counter()
+    if num_beams > 1:
+        tokens: Iterator[int] = iter(beam_search(model, prompt_ids, max_new_tokens, num_beams, stop_at_eos))
+    else:
+        tokens = sample_tokens(model, prompt_ids, max_new_tokens, sampling, generator, stop_at_eos)
+    stream = Utf8Stream()
+    new_ids: list[int] = []
+    pieces: list[str] = []
+    for token in tokens:
+        new_ids.append(token)
+        if not (stop_at_eos and token == EOT_ID):
+            pieces.append(stream.push(token))
+            if on_text is not None and pieces[-1]:
+                on_text(pieces[-1])
+    pieces.append(stream.flush())
+    if on_text is not None and pieces[-1]:
+        on_text(pieces[-1])
+    ended_with_eos = stop_at_eos and bool(new_ids) and new_ids[-1] == EOT_ID
+    return Completion(prompt, "".join(pieces), new_ids, ended_with_eos, time.perf_counter() - started)
