@@ -109,7 +109,8 @@ def write_completions(path: Path, completions: list[Completion]) -> None:
 def summary(report: dict[str, Any]) -> str:
     """A short table of the report for the terminal."""
     rows = [
-        ("model", f"{report['model']} (step {report['step']})"),
+        ("model", f"{report['model']} " + (f"(step {report['step']:,})" if report["step"] is not None
+                                           else "(no training step recorded)")),
         ("data", f"{report['data']}: {report['stories']:,} stories, {report['tokens']:,} scored tokens"),
         ("loss", f"{report['loss']:.4f} nats/token"),
         ("perplexity", f"{report['perplexity']:.4f}"),

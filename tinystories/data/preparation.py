@@ -214,6 +214,7 @@ def _tokenize(source: Source, config: DataConfig, data_dir: Path,
 
     try:
         write_splits(labelled_stories(), split_files, config.workers)
+        bar.set_postfix(stories=f"{sum(f.stories for f in split_files.values()):,}")
         bar.close()
         for split in ("train", "validation"):
             if split_files[split].stories == 0:
