@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.loss import output_cross_entropy
+
 ACTIVATIONS = ("gelu", "gelu_new")
 
 
@@ -192,9 +194,8 @@ class Model(nn.Module):
             total -= self.token_embedding.weight.numel() + self.position_embedding.weight.numel()
         return total
 
-    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                kv_cache: Optional[KVCache] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """idx (B, T) token ids -> logits (B, T, vocab_size) and the mean cross-entropy over targets != -1.
+    def hidden_states(self, idx: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        """idx (B, T) token ids -> the final-norm outputs (B, T, C) that the output layer turns into logits.
 
         With `kv_cache`, idx continues the cached sequence: positions start at the cache's length.
         """
@@ -208,7 +209,21 @@ class Model(nn.Module):
             x = block(x, kv_cache)
         if kv_cache is not None:
             kv_cache.length += T
-        logits = self.lm_head(self.final_norm(x))  # (B, T, vocab_size)
+        return self.final_norm(x)
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, kv_cache: Optional[KVCache] = None,
+                return_logits: bool = True) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """idx (B, T) token ids -> logits (B, T, vocab_size) and the mean cross-entropy over targets != -1.
+
+        With `kv_cache`, idx continues the cached sequence: positions start at the cache's length.
+        With targets and return_logits=False, the logits are None and the loss comes from model/loss.py, a
+        chunk of positions at a time: faster, and without the memory of every position's logits (training
+        and evaluation use this).
+        """
+        x = self.hidden_states(idx, kv_cache)
+        if targets is not None and not return_logits:
+            return None, output_cross_entropy(x, self.lm_head.weight, targets)
+        logits = self.lm_head(x)  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import transformers
 
 from model.model import Model, preset
 from tinystories.errors import UserError

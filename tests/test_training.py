@@ -1,6 +1,5 @@
 """Training: schedule, optimizer groups, falling loss, exact resume, preemption, DDP equivalence, flags."""
 import json
-import math
 import os
 import signal
 import subprocess
@@ -158,3 +157,8 @@ def test_resume_with_a_different_model_is_refused(synthetic_data_dir, tmp_path):
     second = run_train(["--max_steps", "4", "--n_embd", "32"], synthetic_data_dir, tmp_path)
     _, stderr = second.communicate()
     assert second.returncode == 2 and "different model (n_embd differ)" in stderr, stderr
+
+
+def test_adamw_is_fused_on_the_cpu():
+    optimizer = make_optimizer(Model(preset("nano")), TrainConfig(), torch.device("cpu"))
+    assert optimizer.defaults["fused"] is True

@@ -28,9 +28,9 @@ from typing import Iterator, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from model.loss import output_cross_entropy
 from model.model import Model
 from tinystories.errors import UserError
 from tinystories.tokenizer import EOT_ID, get_tokenizer
@@ -140,11 +140,10 @@ def _windows_nll(model: Model, chunk: np.ndarray, rows: int, length: int) -> flo
         raise UserError(f"the data has token ids beyond this model's vocabulary of {model.config.vocab_size}")
     data = torch.from_numpy(chunk.astype(np.int64)).to(model.token_embedding.weight.device)
     inputs, targets = data[:-1].view(rows, length), data[1:].view(rows, length)
-    logits, _ = model(inputs)
-    # Row by row keeps cross_entropy's temporary log-probabilities to one window; per-token losses are
-    # summed in float64 so the total does not depend on how the stream was batched.
-    losses = [F.cross_entropy(logits[row].float(), targets[row], reduction="none") for row in range(rows)]
-    return torch.cat(losses).double().sum().item()
+    # The loss is computed a chunk of positions at a time, never holding every window's logits; per-token
+    # losses are summed in float64 so the total does not depend on how the stream was batched.
+    losses = output_cross_entropy(model.hidden_states(inputs), model.lm_head.weight, targets, reduction="none")
+    return losses.double().sum().item()
 
 
 @torch.inference_mode()

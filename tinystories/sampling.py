@@ -21,7 +21,6 @@ from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from model.model import Model
 from tinystories.errors import UserError

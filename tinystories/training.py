@@ -20,7 +20,9 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.torch_version import TorchVersion
 from tqdm import tqdm
 
 from model.model import Config, Model, preset
@@ -28,7 +30,7 @@ from tinystories.checkpoint import load_checkpoint, model_checkpoint, save_check
 from tinystories.data import DataConfig, load_tokens, prepare_data
 from tinystories.data.batches import WindowBatches, fixed_eval_batches
 from tinystories.device import DEVICE_HELP, DTYPE_CHOICES, autocast, resolve_device, resolve_dtype
-from tinystories.distributed import Distributed, all_reduce_sum, barrier, init_distributed, shutdown
+from tinystories.distributed import all_reduce_sum, barrier, init_distributed, shutdown
 from tinystories.errors import UserError
 from tinystories.run_log import RunLog
 
@@ -103,19 +105,26 @@ def learning_rate_at(step: int, config: TrainConfig, total_steps: int) -> float:
     return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.learning_rate - config.min_lr)
 
 
-def make_optimizer(model: Model, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on 2-D weights (matrices, embeddings) only, not on biases and norms."""
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on 2-D weights (matrices, embeddings) only, not on biases and norms.
+
+    The fused kernel updates each parameter in one pass; it exists on CUDA and, since torch 2.4, on the CPU.
+    """
     parameters = list(model.parameters())  # unique: the tied output weight appears once
     groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95), fused=device.type == "cuda")
+    fused = device.type == "cuda" or (device.type == "cpu" and TorchVersion(torch.__version__) >= "2.4")
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95), fused=fused)
 
 
-def flops_per_token(config: Config) -> int:
-    """6 FLOPs per parameter per token (forward + backward) plus attention's 12 · layers · width · context."""
+def flops_per_token(config: Config, seq_len: Optional[int] = None) -> int:
+    """Training FLOPs per token: 6 per parameter that multiplies (all but the position embedding; the tied
+    token embedding counts once, as the output layer) plus attention's 12 · layers · width · context, the
+    context being seq_len (default block_size). docs/benchmarks.md derives it."""
     with torch.device("meta"):  # count without allocating weights
-        parameters = Model(config).num_parameters()
-    return 6 * parameters + 12 * config.n_layer * config.n_embd * config.block_size
+        model = Model(config)
+    parameters = model.num_parameters() - model.position_embedding.weight.numel()
+    return 6 * parameters + 12 * config.n_layer * config.n_embd * (seq_len or config.block_size)
 
 
 def peak_flops(device: torch.device) -> Optional[float]:
@@ -329,7 +338,7 @@ class Trainer:
         for index in range(self.distributed.rank, len(self.eval_batches), self.distributed.world_size):
             x, y = (t.to(self.device, non_blocking=True) for t in self.eval_batches[index])
             with autocast(self.device, self.dtype):
-                _, loss = self.model(x, y)
+                _, loss = self.model(x, y, return_logits=False)
             total += torch.stack([loss.double(), torch.ones((), device=self.device, dtype=torch.float64)])
         all_reduce_sum(total, self.distributed)
         self.model.train()
@@ -348,7 +357,7 @@ class Trainer:
             sync = nullcontext() if last or not self.distributed.enabled else self.forward_model.no_sync()
             with sync:
                 with autocast(self.device, self.dtype):
-                    _, loss = self.forward_model(x, y)
+                    _, loss = self.forward_model(x, y, return_logits=False)
                 loss = loss / self.micro_steps
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach().float()
@@ -431,10 +440,10 @@ class Trainer:
 
     def _stop_requested(self, stop: StopRequest) -> bool:
         """Whether any rank received SIGTERM/SIGINT (all ranks must stop at the same step)."""
-        flag = torch.tensor([0.0 if stop.signal_number is None else float(stop.signal_number)], device=self.device)
-        if self.distributed.enabled:
+        if self.distributed.enabled:  # a single process needs no device tensor, so no host synchronisation
             import torch.distributed as dist
 
+            flag = torch.tensor([float(stop.signal_number or 0)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop.signal_number = int(flag.item()) or None
         return stop.signal_number is not None

@@ -1,0 +1,33 @@
+"""Benchmark training, evaluation, generation and data preparation against Hugging Face and bare tiktoken.
+
+    python bench.py --device cpu                        # the CPU table of docs/benchmarks.md
+    python bench.py --device cuda --json results/bench_gpu.json
+
+Prints one table and writes the JSON report (device, versions, settings, every round's figure).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from tinystories.benchmark import BenchConfig, format_table, run_benchmark
+from tinystories.checkpoint import atomic_write
+from tinystories.cli import ArgumentParser, add_dataclass_arguments, explicit_values, merge_dataclass
+from tinystories.errors import run_main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    add_dataclass_arguments(parser, BenchConfig, title="benchmark")
+    config = merge_dataclass(BenchConfig(), explicit_values(BenchConfig, parser.parse_args(argv)), "command line")
+    report = run_benchmark(config)
+    document = json.dumps(report, indent=2) + "\n"
+    atomic_write(config.json, lambda file: file.write(document.encode("utf-8")))
+    print(f"{report['device_name']}; torch {report['torch']}, transformers {report['transformers']}, "
+          f"tiktoken {report['tiktoken']}; {report['seconds']} s")
+    print(format_table(report))
+    print(f"wrote {config.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_main(main)

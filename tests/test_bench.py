@@ -1,0 +1,86 @@
+"""bench.py and tinystories.benchmark at a tiny size: every contender runs and the report has its shape (no
+speed is asserted; the fast paths it measures are tested in test_loss.py and test_training.py)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from tinystories.benchmark import BenchConfig, format_table, resolve_settings
+from tinystories.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+REPEATS = 2
+TINY_BENCH = ["--device", "cpu", "--preset", "tiny", "--batch_size", "2", "--seq_len", "32", "--repeats", str(REPEATS),
+              "--new_tokens", "8", "--data_stories", "40"]
+CONTENDERS = {
+    "training": ["ours, eager", "HF GPT2LMHeadModel", "MFU, ours, eager", "MFU, HF GPT2LMHeadModel"],
+    "evaluation": ["ours", "HF GPT2LMHeadModel"],
+    "generation": ["ours, sample_tokens", "HF generate", "ours, weight products only", "bandwidth bound"],
+    "data": ["ours, tokenize_stories", "bare tiktoken encode_ordinary_batch"],
+    "hardware": ["peak matmul (float32)", "read bandwidth"],
+}
+
+
+def test_bench_runs_every_contender_and_reports_table_and_json(tmp_path):
+    report_path = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "bench.py", *TINY_BENCH, "--json", str(report_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["device"] == "cpu" and report["device_name"] and report["torch"] == torch.__version__
+    assert report["transformers"] == transformers.__version__
+    assert report["settings"]["resolved"]["seq_len"] == 32 and report["settings"]["resolved"]["compile"] is False
+    names = {section: [f["name"] for f in report["figures"] if f["section"] == section] for section in CONTENDERS}
+    assert names == CONTENDERS
+    for figure in report["figures"]:
+        assert len(figure["samples"]) == REPEATS and all(sample > 0 for sample in figure["samples"]), figure
+        assert figure["min"] <= figure["median"] <= figure["max"]
+    ratios = {(f["section"], f["name"]): f["ratios"] for f in report["figures"] if f["ratios"]}
+    assert set(ratios) == {("training", "ours, eager"), ("evaluation", "ours"), ("generation", "ours, sample_tokens"),
+                           ("generation", "ours, weight products only"), ("data", "ours, tokenize_stories")}
+    assert set(ratios[("generation", "ours, sample_tokens")]) == {"HF", "bound"}
+    table = result.stdout.splitlines()
+    for section, figures in CONTENDERS.items():
+        for name in figures:
+            assert any(line.startswith(section) and f"  {name}  " in line for line in table), name
+    assert str(report_path) in result.stderr
+
+
+def test_table_puts_ratios_in_their_own_column():
+    report = {"figures": [
+        {"section": "training", "name": "ours", "unit": "tokens/s", "median": 1234.5, "min": 1200.0, "max": 1300.0,
+         "ratios": {"HF": 1.156}},
+        {"section": "training", "name": "HF", "unit": "tokens/s", "median": 1000.0, "min": 990.0, "max": 1010.0,
+         "ratios": {}}]}
+    header, rule, ours, theirs = format_table(report).splitlines()
+    assert header.split()[-4:] == ["ratio", "(median", "/", "median)"] and set(rule) == {"-", " "}
+    assert ours.split() == ["training", "ours", "1,234", "1,200-1,300", "tokens/s", "1.16x", "HF"]
+    assert theirs.split() == ["training", "HF", "1,000", "990-1,010", "tokens/s"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"seq_len": 4096}, "block_size"),
+    ({"sections": "training,speed"}, "--sections"),
+    ({"repeats": 0}, "--repeats"),
+    ({"preset": "huge"}, "unknown preset"),
+    ({"preset": "nano", "new_tokens": 64}, "--new_tokens"),
+])
+def test_bad_settings_are_user_errors(flags, message):
+    with pytest.raises(UserError, match=message):
+        resolve_settings(BenchConfig(device="cpu", **flags))
+
+
+def test_defaults_follow_the_device():
+    settings = resolve_settings(BenchConfig(device="cpu"))
+    assert (settings.batch_size, settings.seq_len, settings.steps, settings.compile) == (2, 512, 1, False)
+    assert settings.dtype == torch.float32
+
+
+def test_bad_flag_exits_with_status_2():
+    result = subprocess.run([sys.executable, "bench.py", "--repeats", "zero"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
