@@ -108,3 +108,19 @@ def test_pinned_files_look_right():
         assert {f.role for f in files} == {"train", "test"}
         assert all(f.sha256 is None or len(f.sha256) == 64 for f in files)
     assert len(hub.REVISION) == 40
+
+
+def test_cached_file_is_used_without_network(tmp_path, monkeypatch):
+    cached = tmp_path / "validation.parquet"
+    cached.write_bytes(b"cached bytes")
+    calls = []
+
+    def cache_only(*args, local_files_only=False, **kwargs):
+        calls.append(local_files_only)
+        if not local_files_only:
+            raise AssertionError("the network was used for a cached file")
+        return str(cached)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", cache_only)
+    path, sha256 = hub.download_hub_file(hub.HUB_FILES["tinystories-v2"][0])
+    assert (path, sha256, calls) == (cached, hashlib.sha256(b"cached bytes").hexdigest(), [True])

@@ -5,7 +5,11 @@ and tokens work as users expect. The revision is a commit, so a cached file need
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import socket
+import sys
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -48,21 +52,41 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _hub_resolves() -> bool:
+    """Whether the Hub's host name resolves: without it, huggingface_hub would retry for half a minute."""
+    import huggingface_hub.constants
+
+    host = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
 def download_hub_file(hub_file: HubFile) -> tuple[Path, str]:
     """The local path of `hub_file` at REVISION (from the cache when there) and its verified sha256."""
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    fetch = functools.partial(huggingface_hub.hf_hub_download, REPOSITORY, hub_file.filename, repo_type="dataset",
+                              revision=REVISION)
     try:
-        local = huggingface_hub.hf_hub_download(REPOSITORY, hub_file.filename, repo_type="dataset",
-                                                revision=REVISION)
+        local = fetch(local_files_only=True)  # the revision is a commit: a cached file needs no network
     except LocalEntryNotFoundError:
-        raise UserError(f"the Hugging Face Hub is unreachable and {hub_file.filename} is not in its cache; "
-                        f"{OFFLINE_HINT}") from None
-    except (HfHubHTTPError, OSError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"downloading {hub_file.filename} from the Hugging Face Hub failed ({first_line}); "
-                        f"{OFFLINE_HINT}") from None
+        if huggingface_hub.constants.HF_HUB_OFFLINE or not _hub_resolves():
+            raise UserError(f"the Hugging Face Hub is unreachable (offline, or its name does not resolve) and "
+                            f"{hub_file.filename} is not in its cache; {OFFLINE_HINT}") from None
+        print(f"downloading {hub_file.filename} from {REPOSITORY} at {REVISION[:10]}", file=sys.stderr)
+        try:
+            local = fetch()
+        except LocalEntryNotFoundError:
+            raise UserError(f"the Hugging Face Hub is unreachable and {hub_file.filename} is not in its cache; "
+                            f"{OFFLINE_HINT}") from None
+        except (HfHubHTTPError, OSError) as error:
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"downloading {hub_file.filename} from the Hugging Face Hub failed ({first_line}); "
+                            f"{OFFLINE_HINT}") from None
     path = Path(local)
     # huggingface_hub stores an LFS file as a blob named by its sha256 and links the snapshot file to it.
     expected = hub_file.sha256 or (path.resolve().name if path.is_symlink() else None)

@@ -222,6 +222,9 @@ def _tokenize(source: Source, config: DataConfig, data_dir: Path,
                                 f"{split_files['validation'].stories} validation stories): give more stories"
                                 + (" or a larger --val_fraction" if split == "validation" else ""))
         records = {split: split_file.commit() for split, split_file in split_files.items()}
+    except BaseException:
+        bar.leave = False  # the error line alone stays on the terminal
+        raise
     finally:
         bar.close()
         for split_file in split_files.values():
