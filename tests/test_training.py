@@ -1,5 +1,6 @@
 """Training: schedule, optimizer groups, falling loss, exact resume, preemption, DDP equivalence, flags."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import torch
 
 from model.model import Model, preset
 from tinystories.data import DataConfig
+from tinystories.errors import UserError
 from tinystories.training import TrainConfig, Trainer, learning_rate_at, make_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,3 +164,22 @@ def test_resume_with_a_different_model_is_refused(synthetic_data_dir, tmp_path):
 def test_adamw_is_fused_on_the_cpu():
     optimizer = make_optimizer(Model(preset("nano")), TrainConfig(), torch.device("cpu"))
     assert optimizer.defaults["fused"] is True
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(synthetic_data_dir, tmp_path,
+                                                                                  monkeypatch):
+    config = TrainConfig(preset="tiny", block_size=32, batch_size=2, gradient_accumulation_steps=1, max_steps=8,
+                         eval_interval=2, eval_iters=1, save_interval=2, log_interval=10, device="cpu",
+                         compile="false", out_dir=str(tmp_path))
+    trainer = Trainer(config, DataConfig(dataset="synthetic", data_dir=str(synthetic_data_dir)))
+    real_step = trainer.train_step
+
+    def step_that_diverges_at_3():
+        loss = real_step()
+        return loss * math.nan if trainer.state.step == 3 else loss
+
+    monkeypatch.setattr(trainer, "train_step", step_that_diverges_at_3)
+    with pytest.raises(UserError, match="loss became nan at step 3; stopped without saving"):
+        trainer.run()
+    assert torch.load(tmp_path / "checkpoints" / "checkpoint.pth", weights_only=True)["step"] == 2
+    assert torch.load(tmp_path / "checkpoints" / "best_model.pth", weights_only=True)["step"] == 2

@@ -392,17 +392,24 @@ class Trainer:
         window_start, window_tokens = time.perf_counter(), 0
         run_start = time.perf_counter() - self.state.elapsed_seconds
         train_loss = math.nan
+        unchecked: Optional[tuple[int, torch.Tensor]] = None  # the last step whose loss is not yet known finite
         try:
             while self.state.step < self.total_steps:
                 step_loss = self.train_step()
-                if not torch.isfinite(step_loss).item():  # one host sync per optimizer step, not per micro-batch
-                    raise UserError(f"the loss became {step_loss.item()} at step {self.state.step}; stopped without "
-                                    f"saving, so {self.checkpoint_path} and {self.best_model_path} keep the last good "
-                                    "state (try a lower --learning_rate)")
+                # Checking the previous step's loss while this one runs on the device keeps the host queueing
+                # work ahead; a step whose results are logged, evaluated or saved is checked before that.
+                if unchecked is not None:
+                    self._check_finite(*unchecked)
+                unchecked = (self.state.step, step_loss)
                 window_tokens += self.tokens_per_step
                 self.state.elapsed_seconds = time.perf_counter() - run_start
                 progress.update(1)
                 step = self.state.step
+                stopping = self._stop_requested(stop)
+                saving = step % config.save_interval == 0 or step == self.total_steps or stopping
+                if saving or step % config.log_interval == 0 or step % config.eval_interval == 0:
+                    self._check_finite(*unchecked)
+                    unchecked = None
                 if step % config.log_interval == 0 or step == self.total_steps:
                     train_loss = step_loss.item()
                     tokens_per_second = window_tokens / (time.perf_counter() - window_start)
@@ -412,8 +419,7 @@ class Trainer:
                                          tok_s=f"{tokens_per_second:,.0f}")
                 if step % config.eval_interval == 0 or step == self.total_steps:
                     self._evaluate_and_record(step_loss.item(), run_log)
-                stopping = self._stop_requested(stop)
-                if step % config.save_interval == 0 or step == self.total_steps or stopping:
+                if saving:
                     self.save()
                 if stopping:
                     progress.close()
@@ -437,6 +443,13 @@ class Trainer:
                       "  loss curve:  {loss_curve}".format(**summary))
         shutdown(self.distributed)
         return summary
+
+    def _check_finite(self, step: int, step_loss: torch.Tensor) -> None:
+        """Stop without saving when a step's loss is NaN or infinite (a host synchronisation)."""
+        if not torch.isfinite(step_loss).item():
+            raise UserError(f"the loss became {step_loss.item()} at step {step}; stopped without saving, so "
+                            f"{self.checkpoint_path} and {self.best_model_path} keep the last good state "
+                            "(try a lower --learning_rate)")
 
     def _stop_requested(self, stop: StopRequest) -> bool:
         """Whether any rank received SIGTERM/SIGINT (all ranks must stop at the same step)."""
