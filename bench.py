@@ -11,7 +11,7 @@ import json
 import sys
 
 from tinystories.benchmark import BenchConfig, format_table, run_benchmark
-from tinystories.checkpoint import atomic_write
+from tinystories.files import atomic_write
 from tinystories.cli import ArgumentParser, add_dataclass_arguments, explicit_values, merge_dataclass
 from tinystories.errors import run_main
 

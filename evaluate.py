@@ -15,7 +15,8 @@ from typing import Any, Optional
 import torch
 from tqdm import tqdm
 
-from tinystories.checkpoint import atomic_write, load_model
+from tinystories.checkpoint import load_model
+from tinystories.files import atomic_write, ensure_folder
 from tinystories.cli import ArgumentParser, add_dataclass_arguments, explicit_values, merge_dataclass
 from tinystories.data import load_tokens, read_stories
 from tinystories.data.pipeline import encode_stories
@@ -133,6 +134,7 @@ def summary(report: dict[str, Any]) -> str:
 
 def main() -> None:
     config, sampling = parse_arguments()
+    ensure_folder(Path(config.output).parent)  # a bad --output fails now, not after the evaluation
     tokens, source = evaluation_tokens(config)
     device = resolve_device(config.device)
     model, checkpoint = load_model(config.model, device)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model.model import Model, preset
-from tinystories.checkpoint import atomic_write, load_checkpoint, load_model, model_checkpoint, save_checkpoint
+from tinystories.checkpoint import load_checkpoint, load_model, model_checkpoint, save_checkpoint
 from tinystories.errors import UserError
 
 
@@ -65,17 +65,3 @@ def test_config_and_weights_that_disagree_are_user_errors(tmp_path):
     save_checkpoint(path, checkpoint)
     with pytest.raises(UserError, match="unknown fields"):
         load_model(path)
-
-
-def test_failed_atomic_write_keeps_the_previous_file(tmp_path):
-    path = tmp_path / "checkpoint.pth"
-    path.write_bytes(b"previous")
-
-    def crash(file):
-        file.write(b"partial")
-        raise RuntimeError("killed mid-save")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(path, crash)
-    assert path.read_bytes() == b"previous"
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]

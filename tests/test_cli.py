@@ -33,6 +33,12 @@ def test_flags_have_field_names_and_types():
     assert parse([]) == {}
 
 
+def test_a_bare_true_false_flag_means_true():
+    assert parse(["--wandb"]) == {"wandb": True}
+    assert parse(["--wandb", "--batch_size", "8"]) == {"wandb": True, "batch_size": 8}
+    assert parse(["--wandb", "false"]) == {"wandb": False}
+
+
 def test_defaults_then_file_then_flags(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("batch_size: 4\nlearning_rate: 1\nmax_steps: 10\n")

@@ -1,6 +1,7 @@
 """prepare_data: round trips for every format, the split, determinism, the cache, atomicity, load_tokens."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -140,19 +141,45 @@ def test_cache_is_reused_and_rebuilt_when_inputs_change(tmp_path, capsys):
     assert len(load_tokens(data_dir, "train")) == read_meta(data_dir)["splits"]["train"]["tokens"]
 
 
-def test_failed_run_leaves_nothing_trusted(tmp_path):
+def test_failed_rebuild_keeps_the_previous_files_usable_and_leaves_no_temporary_files(tmp_path, capsys):
     good = write_stories(tmp_path / "good.jsonl", STORIES)
     data_dir = prepare(good, tmp_path / "out")
+    before = file_bytes(data_dir)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"title": "no text"}\n')
     with pytest.raises(UserError, match="bad.jsonl:2"):
         prepare(f"{good},{bad}", data_dir)
-    assert not (data_dir / "meta.json").exists()
-    assert not [path for path in data_dir.iterdir() if path.name.startswith(".")]  # no temporary files
+    assert file_bytes(data_dir) == before  # no temporary files, and the old files still match their meta.json
+    capsys.readouterr()
+    prepare(good, data_dir)
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_interrupted_commit_leaves_nothing_trusted(tmp_path, monkeypatch):
+    source = write_stories(tmp_path / "s.jsonl", STORIES)
+    data_dir = prepare(source, tmp_path / "out", seed=1)
+
+    def killed(self):
+        raise KeyboardInterrupt  # as if the process died between renaming the new files and writing meta.json
+
+    monkeypatch.setattr(pipeline.SplitFile, "commit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(source, data_dir, seed=2)
     with pytest.raises(UserError, match="prepare.py"):
         load_tokens(data_dir, "train")
-    prepare(good, data_dir)
-    assert load_tokens(data_dir, "train").size > 0
+    assert not [path for path in data_dir.iterdir() if path.name.startswith(".")]
+
+
+def test_output_folder_inside_the_input_folder_is_not_read_as_input(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data" / "mine"
+    folder.mkdir(parents=True)
+    write_stories(folder / "a.jsonl", STORIES[:200])
+    write_stories(folder / "b.jsonl", STORIES[200:])
+    for _ in range(2):
+        assert prepare_data(DataConfig(data_path="data/mine"), progress=False) == Path("data/mine")
+    assert "up to date" in capsys.readouterr().out
+    assert [f["name"] for f in read_meta(folder)["files"]] == ["a.jsonl", "b.jsonl"]
 
 
 def test_stale_test_split_is_removed(tmp_path):

@@ -22,8 +22,16 @@ TINY_RUN = ["--preset", "tiny", "--block_size", "32", "--batch_size", "2", "--gr
             "--device", "cpu", "--compile", "false", "--log_interval", "1"]
 
 
+# The synthetic corpus as conftest's synthetic_data_dir prepares it: the same inputs reuse its token files.
+SYNTHETIC = ["--dataset", "synthetic", "--max_stories", "400"]
+
+
+def synthetic_config(data_dir):
+    return DataConfig(dataset="synthetic", max_stories=400, data_dir=str(data_dir))
+
+
 def run_train(arguments, data_dir, out_dir, **popen):
-    command = [sys.executable, "train.py", *TINY_RUN, "--data_dir", str(data_dir), "--dataset", "synthetic",
+    command = [sys.executable, "train.py", *TINY_RUN, "--data_dir", str(data_dir), *SYNTHETIC,
                "--out_dir", str(out_dir), *arguments]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
@@ -53,7 +61,7 @@ def test_loss_falls_and_all_outputs_are_written(synthetic_data_dir, tmp_path):
     config = TrainConfig(preset="tiny", block_size=32, batch_size=4, gradient_accumulation_steps=1, max_steps=60,
                          learning_rate=3e-3, min_lr=3e-4, warmup_steps=5, eval_interval=20, eval_iters=4,
                          device="cpu", compile="false", out_dir=str(tmp_path))
-    summary = Trainer(config, DataConfig(dataset="synthetic", data_dir=str(synthetic_data_dir))).run()
+    summary = Trainer(config, synthetic_config(synthetic_data_dir)).run()
     history = json.loads(Path(summary["log"]).read_text())["history"]
     val_losses = [entry["val_loss"] for entry in history]
     assert [entry["step"] for entry in history] == [20, 40, 60]
@@ -112,7 +120,7 @@ def test_two_gloo_ranks_follow_the_single_process_trajectory(synthetic_data_dir,
                  "--gradient_accumulation_steps", "4"]
     single = run_train(arguments, synthetic_data_dir, tmp_path / "one")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-               *TINY_RUN, "--data_dir", str(synthetic_data_dir), "--dataset", "synthetic",
+               *TINY_RUN, "--data_dir", str(synthetic_data_dir), *SYNTHETIC,
                "--out_dir", str(tmp_path / "two"), *arguments]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     double = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
@@ -135,6 +143,10 @@ def test_flags_override_config_file_which_overrides_defaults(tmp_path):
     assert (train_config.batch_size, train_config.learning_rate, train_config.seed) == (2, 0.001, 5)
     assert (train_config.epochs, train_config.gradient_accumulation_steps) == (20, 32)
     assert (data_config.dataset, data_config.max_stories, data_config.seed) == ("synthetic", 50, 1337)
+    config_file.write_text("split_seed: 3\nseed: 4\n")
+    train_config, data_config = parse_arguments(["--config", str(config_file)])
+    assert (train_config.seed, data_config.seed) == (4, 3)
+    assert parse_arguments(["--config", str(config_file), "--split_seed", "11"])[1].seed == 11
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -145,6 +157,7 @@ def test_flags_override_config_file_which_overrides_defaults(tmp_path):
     (["--min_lr", "1"], "must not exceed"),
     (["--gradient_accumulation_steps", "1000000"], "too small"),
     (["--data_path", "/nonexistent/stories.txt"], "nonexistent"),
+    (["--out_dir", "/dev/null/run"], "cannot create the output folder"),
 ])
 def test_bad_arguments_exit_2_with_one_line(arguments, message, synthetic_data_dir, tmp_path):
     process = run_train(arguments, synthetic_data_dir, tmp_path)
@@ -171,7 +184,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     config = TrainConfig(preset="tiny", block_size=32, batch_size=2, gradient_accumulation_steps=1, max_steps=8,
                          eval_interval=2, eval_iters=1, save_interval=2, log_interval=10, device="cpu",
                          compile="false", out_dir=str(tmp_path))
-    trainer = Trainer(config, DataConfig(dataset="synthetic", data_dir=str(synthetic_data_dir)))
+    trainer = Trainer(config, synthetic_config(synthetic_data_dir))
     real_step = trainer.train_step
 
     def step_that_diverges_at_3():
@@ -183,3 +196,17 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         trainer.run()
     assert torch.load(tmp_path / "checkpoints" / "checkpoint.pth", weights_only=True)["step"] == 2
     assert torch.load(tmp_path / "checkpoints" / "best_model.pth", weights_only=True)["step"] == 2
+
+
+def test_non_finite_validation_loss_stops_before_saving(synthetic_data_dir, tmp_path, monkeypatch):
+    config = TrainConfig(preset="tiny", block_size=32, batch_size=2, gradient_accumulation_steps=1, max_steps=8,
+                         eval_interval=2, eval_iters=1, save_interval=2, device="cpu", compile="false",
+                         out_dir=str(tmp_path))
+    trainer = Trainer(config, synthetic_config(synthetic_data_dir))
+    real_evaluate = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", lambda: math.inf if trainer.state.step == 4 else real_evaluate())
+    with pytest.raises(UserError, match="validation loss became inf at step 4; stopped without saving"):
+        trainer.run()
+    assert torch.load(tmp_path / "checkpoints" / "checkpoint.pth", weights_only=True)["step"] == 2
+    history = json.loads(next((tmp_path / "logs").glob("training_*.log")).read_text())["history"]
+    assert [entry["step"] for entry in history] == [2]

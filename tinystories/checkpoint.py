@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +16,7 @@ import torch
 
 from model.model import Config, Model
 from tinystories.errors import UserError
-
-
-def atomic_write(path: str | os.PathLike, write: Any) -> None:
-    """Call `write(file_object)` on a temporary file beside `path`, fsync it, then rename it to `path`."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+from tinystories.files import atomic_write
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
@@ -60,6 +39,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in reason:  # torch's advice to load unsafely is wrong for a corrupt file
+            reason = "it holds something other than tensors and plain values, which are never loaded, for safety"
         raise UserError(f"checkpoint {path} could not be read (truncated, corrupt or not a checkpoint): {reason}") from None
     if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
         raise UserError(f"{path} is not a TinyStories checkpoint (it needs 'model' and 'config' entries)")

@@ -64,8 +64,8 @@ def _parser_for(annotation: Any) -> tuple[Any, bool]:
     return parse, nullable
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any = None,
-                            title: Optional[str] = None, exclude: tuple[str, ...] = ()) -> None:
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: Optional[str] = None,
+                            exclude: tuple[str, ...] = ()) -> argparse._ArgumentGroup:
     """Add one `--name` flag per field of dataclass `cls`.
 
     Flags not given on the command line are absent from the parsed namespace (argparse.SUPPRESS), so
@@ -77,11 +77,13 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults
         if field.name in exclude:
             continue
         parse, _ = _parser_for(hints[field.name])
-        default = getattr(defaults, field.name) if defaults is not None else _field_default(field)
+        # A bare true/false flag (`--json`) means true; `--json false` also works.
+        switch = {"nargs": "?", "const": True} if hints[field.name] is bool else {}
         help_text = field.metadata.get("help", "")
         group.add_argument(f"--{field.name}", type=parse, default=argparse.SUPPRESS,
                            choices=field.metadata.get("choices"), metavar=field.metadata.get("metavar"),
-                           help=f"{help_text} (default: {default})".strip())
+                           help=f"{help_text} (default: {_field_default(field)})".strip(), **switch)
+    return group
 
 
 def _field_default(field: dataclasses.Field) -> Any:

@@ -8,6 +8,7 @@ import sys
 from typing import Callable
 
 USER_ERROR_EXIT_STATUS = 2
+INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as shells report it
 
 
 class UserError(Exception):
@@ -15,9 +16,13 @@ class UserError(Exception):
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run a script's main(); a UserError becomes one stderr line and exit status 2."""
+    """Run a script's main(); a UserError becomes one stderr line and exit status 2, Ctrl-C exit status 130."""
     try:
         main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_STATUS)
+    except KeyboardInterrupt:
+        # Ctrl-C: every file the scripts write is written atomically, so there is nothing to clean up.
+        print("interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_STATUS)

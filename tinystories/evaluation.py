@@ -2,7 +2,7 @@
 
 Loss. The stream (stories in order, each followed by <|endoftext|>) is cut into windows of `block_size`
 inputs starting every `block_size` tokens; each input predicts the next token, so every token after the
-first is scored exactly once, with between 0 and block_size - 1 tokens of context. The last window is
+first is scored exactly once, seeing between 1 and block_size tokens of its window. The last window is
 shorter when block_size does not divide the length. With N scored tokens:
     loss = (1/N) * sum of -ln p(token | the tokens before it in its window)    (nats per token)
     perplexity = exp(loss)

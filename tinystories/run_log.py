@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from tinystories.checkpoint import atomic_write
 from tinystories.errors import UserError
+from tinystories.files import atomic_write
 
 
 class RunLog:
@@ -43,11 +42,11 @@ class RunLog:
         """Append one evaluation's entry, rewrite the JSON log and redraw the curve."""
         self.history.append(entry)
         document = {"arguments": self.arguments, "history": self.history}
-        text = json.dumps(document, indent=2, allow_nan=True)
+        text = json.dumps(document, indent=2)
         atomic_write(self.log_path, lambda file: file.write(text.encode("utf-8")))
         self._plot()
         numbers = {key: value for key, value in entry.items()
-                   if isinstance(value, (int, float)) and value is not None and key != "step"}
+                   if isinstance(value, (int, float)) and key != "step"}
         if self._tensorboard is not None:
             for key, value in numbers.items():
                 self._tensorboard.add_scalar(key, value, entry["step"])
@@ -64,7 +63,7 @@ class RunLog:
         tokens = [entry["tokens_seen"] for entry in self.history]
         figure, axes = plt.subplots(figsize=(7, 4.5))
         axes.plot(tokens, [entry["train_loss"] for entry in self.history], marker=".", label="train")
-        axes.plot(tokens, [_or_nan(entry.get("val_loss")) for entry in self.history], marker=".", label="validation")
+        axes.plot(tokens, [entry["val_loss"] for entry in self.history], marker=".", label="validation")
         axes.set_xlabel("tokens seen")
         axes.set_ylabel("cross-entropy loss (nats/token)")
         axes.set_title("TinyStories training")
@@ -80,6 +79,3 @@ class RunLog:
         if self._wandb is not None:
             self._wandb.finish()
 
-
-def _or_nan(value: Optional[float]) -> float:
-    return math.nan if value is None else value

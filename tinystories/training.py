@@ -32,6 +32,7 @@ from tinystories.data.batches import WindowBatches, fixed_eval_batches
 from tinystories.device import DEVICE_HELP, DTYPE_CHOICES, autocast, resolve_device, resolve_dtype
 from tinystories.distributed import all_reduce_sum, barrier, init_distributed, shutdown
 from tinystories.errors import UserError
+from tinystories.files import ensure_folder
 from tinystories.run_log import RunLog
 
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
@@ -214,6 +215,8 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.log_dir = self.out_dir / "logs"
+        if self.distributed.is_main:
+            ensure_folder(self.checkpoint_dir)  # a bad --out_dir fails now, before data preparation
 
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -391,7 +394,6 @@ class Trainer:
         self.model.train()
         window_start, window_tokens = time.perf_counter(), 0
         run_start = time.perf_counter() - self.state.elapsed_seconds
-        train_loss = math.nan
         unchecked: Optional[tuple[int, torch.Tensor]] = None  # the last step whose loss is not yet known finite
         try:
             while self.state.step < self.total_steps:
@@ -435,7 +437,9 @@ class Trainer:
         summary = {
             "steps": self.state.step, "best_val_loss": self.state.best_val_loss, "tokens_seen": self.state.tokens_seen,
             "wall_seconds": round(self.state.elapsed_seconds, 1), "best_model": str(self.best_model_path),
-            "checkpoint": str(self.checkpoint_path), "log": str(log_path), "loss_curve": str(log_path.parent / "loss_curve.png"),
+            "checkpoint": str(self.checkpoint_path),
+            "log": str(log_path) if log_path.exists() else "none (no evaluation in this run)",
+            "loss_curve": str(log_path.parent / "loss_curve.png"),
         }
         if self.distributed.is_main:
             self._say("done: best validation loss {best_val_loss:.4f}, {tokens_seen:,} tokens in {wall_seconds} s\n"
@@ -447,9 +451,12 @@ class Trainer:
     def _check_finite(self, step: int, step_loss: torch.Tensor) -> None:
         """Stop without saving when a step's loss is NaN or infinite (a host synchronisation)."""
         if not torch.isfinite(step_loss).item():
-            raise UserError(f"the loss became {step_loss.item()} at step {step}; stopped without saving, so "
-                            f"{self.checkpoint_path} and {self.best_model_path} keep the last good state "
-                            "(try a lower --learning_rate)")
+            raise UserError(f"the loss became {step_loss.item()} at step {step}; {self._stopped_without_saving}")
+
+    @property
+    def _stopped_without_saving(self) -> str:
+        return (f"stopped without saving, so {self.checkpoint_path.parent} keeps what was saved before this step "
+                "(try a lower --learning_rate, or --max_grad_norm)")
 
     def _stop_requested(self, stop: StopRequest) -> bool:
         """Whether any rank received SIGTERM/SIGINT (all ranks must stop at the same step)."""
@@ -464,6 +471,8 @@ class Trainer:
     def _evaluate_and_record(self, train_loss: float, run_log: Optional[RunLog]) -> None:
         val_loss = self.evaluate()
         step = self.state.step
+        if not math.isfinite(val_loss):
+            raise UserError(f"the validation loss became {val_loss} at step {step}; {self._stopped_without_saving}")
         elapsed = self.state.elapsed_seconds
         tokens_per_second = self.state.tokens_seen / elapsed if elapsed > 0 else None
         mfu = None

@@ -19,6 +19,7 @@ import numpy as np
 import tiktoken
 
 from tinystories.data.token_files import TOKEN_DTYPE
+from tinystories.files import temporary_file_beside
 from tinystories.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 
 CHUNK_CHARACTERS = 1 << 18
@@ -68,24 +69,37 @@ def ordered_map(function, items: Iterable, num_workers: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def chunked(stories: Iterable[str]) -> Iterator[list[str]]:
-    """Consecutive groups of stories holding about `CHUNK_CHARACTERS` characters each."""
-    chunk: list[str] = []
-    size = 0
-    for story in stories:
-        chunk.append(story)
-        size += len(story)
-        if size >= CHUNK_CHARACTERS:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
+def labelled_chunks(labelled_stories: Iterable[tuple[str, str]], labels: Iterable[str]) -> Iterator[tuple[str, list[str]]]:
+    """(label, stories) groups of about `CHUNK_CHARACTERS` characters, each label's stories in input order."""
+    buffers: dict[str, list[str]] = {label: [] for label in labels}
+    sizes = dict.fromkeys(buffers, 0)
+    for label, story in labelled_stories:
+        buffers[label].append(story)
+        sizes[label] += len(story)
+        if sizes[label] >= CHUNK_CHARACTERS:
+            yield label, buffers[label]
+            buffers[label], sizes[label] = [], 0
+    for label, buffer in buffers.items():
+        if buffer:
+            yield label, buffer
+
+
+def encode_labelled(labelled_stories: Iterable[tuple[str, str]], labels: Iterable[str],
+                    num_workers: int) -> Iterator[tuple[str, np.ndarray, int]]:
+    """(label, token ids, number of stories) per chunk, tokenized on `num_workers` threads, in input order."""
+    encoding = get_tokenizer()
+
+    def encode(item: tuple[str, list[str]]) -> tuple[str, np.ndarray, int]:
+        label, stories = item
+        return label, encode_stories(encoding, stories), len(stories)
+
+    yield from ordered_map(encode, labelled_chunks(labelled_stories, labels), num_workers)
 
 
 def tokenize_stories(stories: Iterable[str], num_workers: int) -> Iterator[np.ndarray]:
-    """Token arrays (stories in input order, each followed by 50256), tokenized on `num_workers` threads."""
-    encoding = get_tokenizer()
-    yield from ordered_map(lambda chunk: encode_stories(encoding, chunk), chunked(stories), num_workers)
+    """Token arrays (stories in input order, each followed by 50256): prepare.py's tokenization, one split."""
+    for _, tokens, _ in encode_labelled((("all", story) for story in stories), ["all"], num_workers):
+        yield tokens
 
 
 @dataclass
@@ -97,8 +111,7 @@ class SplitFile:
     sha256: "hashlib._Hash" = field(default_factory=hashlib.sha256)
 
     def __post_init__(self) -> None:
-        self.temporary = self.path.with_name(f".{self.path.name}.tmp")
-        self.file = open(self.temporary, "wb")
+        self.file, self.temporary = temporary_file_beside(self.path)
 
     def write(self, tokens: np.ndarray, stories: int) -> None:
         data = tokens.tobytes()
@@ -128,24 +141,5 @@ class SplitFile:
 def write_splits(labelled_stories: Iterable[tuple[str, str]], split_files: dict[str, SplitFile],
                  num_workers: int) -> None:
     """Tokenize (split, story) pairs into their split files, keeping each split's stories in input order."""
-    encoding = get_tokenizer()
-
-    def split_chunks() -> Iterator[tuple[str, list[str]]]:
-        buffers: dict[str, list[str]] = {split: [] for split in split_files}
-        sizes = dict.fromkeys(split_files, 0)
-        for split, story in labelled_stories:
-            buffers[split].append(story)
-            sizes[split] += len(story)
-            if sizes[split] >= CHUNK_CHARACTERS:
-                yield split, buffers[split]
-                buffers[split], sizes[split] = [], 0
-        for split, buffer in buffers.items():
-            if buffer:
-                yield split, buffer
-
-    def encode(item: tuple[str, list[str]]) -> tuple[str, np.ndarray, int]:
-        split, stories = item
-        return split, encode_stories(encoding, stories), len(stories)
-
-    for split, tokens, stories in ordered_map(encode, split_chunks(), num_workers):
+    for split, tokens, stories in encode_labelled(labelled_stories, split_files, num_workers):
         split_files[split].write(tokens, stories)

@@ -41,7 +41,7 @@ class DataConfig:
     val_fraction: float = field(default=0.05, metadata={"help": "share of training stories held for validation"})
     max_stories: Optional[int] = field(default=None, metadata={
         "help": "read at most N training and N held-out stories (quick experiments)"})
-    num_workers: Optional[int] = field(default=None, metadata={"help": "tokenizer threads (default: all cores)"})
+    num_workers: Optional[int] = field(default=None, metadata={"help": "tokenizer threads (None: all cores)"})
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -85,8 +85,12 @@ def _file_record(name: str, role: str, path: Path, sha256: str) -> dict[str, Any
     return {"name": name, "role": role, "bytes": path.stat().st_size, "sha256": sha256}
 
 
-def local_source(data_path: str) -> Source:
+def local_source(data_path: str, data_dir: Optional[str]) -> Source:
     paths = expand_paths(data_path)
+    if len(paths) > 1:
+        output = Path(data_dir or Path("data") / _common_folder_name(paths)).resolve()
+        # A data folder inside the --data_path folder holds this run's own meta.json: it is no story file.
+        paths = [path for path in paths if not (path.name == META_FILE and path.resolve().parent == output)]
     records = [_file_record(path.name, "test" if is_held_out(path) else "train", path, hub.sha256_of(path))
                for path in paths]
 
@@ -94,12 +98,13 @@ def local_source(data_path: str) -> Source:
         return lambda progress: (record, read_file_stories(path, progress))
 
     streams = [StoryStream(record["role"], opener(path, record)) for path, record in zip(paths, records)]
-    if len(paths) == 1:
-        name = paths[0].stem
-    else:
-        name = Path(os.path.commonpath([path.resolve().parent for path in paths])).name or "local"
+    name = paths[0].stem if len(paths) == 1 else _common_folder_name(paths)
     return Source({"kind": "local files", "files": records}, streams, Path("data") / name,
                   sum(record["bytes"] for record in records))
+
+
+def _common_folder_name(paths: list[Path]) -> str:
+    return Path(os.path.commonpath([path.resolve().parent for path in paths])).name or "local"
 
 
 def hub_source(dataset: str) -> Source:
@@ -134,7 +139,7 @@ def synthetic_source() -> Source:
 
 def make_source(config: DataConfig) -> Source:
     if config.data_path is not None:
-        return local_source(config.data_path)
+        return local_source(config.data_path, config.data_dir)
     if config.dataset == "synthetic":
         return synthetic_source()
     return hub_source(config.dataset)
@@ -168,11 +173,9 @@ def prepare_data(config: DataConfig, progress: bool = True) -> Path:
     if data_dir.is_dir() and any(data_dir.iterdir()):
         print(f"{data_dir}: {reason}; rebuilding the token files")
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / META_FILE).unlink(missing_ok=True)  # until the new files are complete, nothing here is trusted
     splits, files = _tokenize(source, config, data_dir, progress)
-    stale_test = data_dir / "test.bin"
     if "test" not in splits:
-        stale_test.unlink(missing_ok=True)
+        (data_dir / "test.bin").unlink(missing_ok=True)
     write_meta(data_dir, {"inputs": inputs, "files": files, "split_rule": SPLIT_RULE, "splits": splits})
     summary = ", ".join(f"{split} {record['stories']:,} stories / {record['tokens']:,} tokens"
                         for split, record in splits.items())
@@ -215,12 +218,15 @@ def _tokenize(source: Source, config: DataConfig, data_dir: Path,
     try:
         write_splits(labelled_stories(), split_files, config.workers)
         bar.set_postfix(stories=f"{sum(f.stories for f in split_files.values()):,}")
-        bar.close()
-        for split in ("train", "validation"):
+        for split, remedy in (("train", "a smaller"), ("validation", "a larger")):
             if split_files[split].stories == 0:
                 raise UserError(f"the {split} split is empty ({split_files['train'].stories} training and "
-                                f"{split_files['validation'].stories} validation stories): give more stories"
-                                + (" or a larger --val_fraction" if split == "validation" else ""))
+                                f"{split_files['validation'].stories} validation stories): give more stories "
+                                f"or {remedy} --val_fraction")
+        bar.close()
+        # The old meta.json goes only now: until here an interrupted rebuild left the old files usable, and
+        # from here until the new meta.json is written, nothing in the folder is trusted.
+        (data_dir / META_FILE).unlink(missing_ok=True)
         records = {split: split_file.commit() for split, split_file in split_files.items()}
     except BaseException:
         bar.leave = False  # the error line alone stays on the terminal

@@ -19,6 +19,7 @@ from tinystories.tokenizer import EOT_TOKEN
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 STORY_FIELDS = ("text", "story")
 SEPARATOR_LINE = EOT_TOKEN.encode()
+BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 
 # Called with the number of input bytes just consumed; the calls for one file add up to its size.
 ByteProgress = Callable[[int], None]
@@ -84,10 +85,13 @@ def read_file_stories(path: Path, progress: Optional[ByteProgress] = None) -> It
 
 
 def _decoded(line: bytes, path: Path, line_number: int, line_offset: int) -> str:
+    """The line as text; a UTF-8 byte-order mark at the start of the file is dropped."""
+    skipped = len(BYTE_ORDER_MARK) if line_offset == 0 and line.startswith(BYTE_ORDER_MARK) else 0
     try:
-        return line.decode("utf-8")
+        return line[skipped:].decode("utf-8")
     except UnicodeDecodeError as error:
-        raise UserError(f"{path}:{line_number}: invalid UTF-8 at byte offset {line_offset + error.start}") from None
+        raise UserError(f"{path}:{line_number}: invalid UTF-8 at byte offset "
+                        f"{line_offset + skipped + error.start}") from None
 
 
 def _txt_stories(path: Path, count: ByteProgress) -> Iterator[str]:
@@ -96,7 +100,7 @@ def _txt_stories(path: Path, count: ByteProgress) -> Iterator[str]:
     offset = 0
     with open(path, "rb") as file:
         for line_number, line in enumerate(file, start=1):
-            if line.rstrip(b"\r\n") == SEPARATOR_LINE:
+            if line.rstrip(b"\r\n").removeprefix(BYTE_ORDER_MARK if offset == 0 else b"") == SEPARATOR_LINE:
                 separators += 1
                 story = "".join(lines).strip()
                 lines = []
@@ -150,18 +154,20 @@ def _json_lines_stories(path: Path, count: ByteProgress) -> Iterator[str]:
 
 
 def _json_stories(path: Path, count: ByteProgress) -> Iterator[str]:
-    """A JSON array of objects, read whole; JSON Lines under a .json name also work."""
+    """A JSON array of objects, read whole; JSON Lines under a .json name also work (streamed)."""
+    with open(path, "rb") as file:
+        start = file.read(4096).removeprefix(BYTE_ORDER_MARK).lstrip()
+    if not start.startswith(b"["):
+        yield from _json_lines_stories(path, count)
+        return
     content = path.read_bytes()
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as error:
         line_number = content.count(b"\n", 0, error.start) + 1
         raise UserError(f"{path}:{line_number}: invalid UTF-8 at byte offset {error.start}") from None
-    if not text.lstrip().startswith("["):
-        yield from _json_lines_stories(path, count)
-        return
     try:
-        records = json.loads(text)
+        records = json.loads(text.removeprefix("\ufeff"))
     except json.JSONDecodeError as error:
         raise UserError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
     count(len(content))
@@ -184,11 +190,25 @@ def _parquet_stories(path: Path, count: ByteProgress) -> Iterator[str]:
     if column is None:
         raise UserError(f'{path}: parquet file has no "text" or "story" column '
                         f"(columns: {', '.join(parquet.schema_arrow.names)})")
+    column_type = parquet.schema_arrow.field(column).type
+    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+        raise UserError(f'{path}: parquet column "{column}" must hold strings, not {column_type}')
     size = path.stat().st_size
     rows_total = max(parquet.metadata.num_rows, 1)
     rows_read = reported = 0
-    for batch in parquet.iter_batches(columns=[column], batch_size=4096):
-        for story in batch.column(0).to_pylist():
+    batches = parquet.iter_batches(columns=[column], batch_size=4096)
+    while True:
+        try:
+            batch = next(batches, None)
+            stories = [] if batch is None else batch.column(0).to_pylist()
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path}: invalid UTF-8 in rows {rows_read + 1:,} to {rows_read + 4096:,} "
+                            f"({error.reason})") from None
+        except (pa.ArrowException, OSError) as error:
+            raise UserError(f"{path}: unreadable after row {rows_read:,} ({str(error).splitlines()[0]})") from None
+        if batch is None:
+            break
+        for story in stories:
             if story is not None and story.strip():
                 yield story.strip()
         rows_read += batch.num_rows

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 
 from tinystories.errors import UserError
+from tinystories.files import atomic_write
 
 SPLITS = ("train", "validation", "test")
 META_FILE = "meta.json"
@@ -35,13 +35,8 @@ def read_meta(data_dir: Union[str, Path]) -> dict[str, Any]:
 
 def write_meta(data_dir: Path, meta: dict[str, Any]) -> None:
     """Write meta.json atomically: it is the mark that the folder's token files are complete."""
-    temporary = data_dir / f".{META_FILE}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(meta, file, indent=2)
-        file.write("\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, data_dir / META_FILE)
+    document = json.dumps(meta, indent=2) + "\n"
+    atomic_write(data_dir / META_FILE, lambda file: file.write(document.encode("utf-8")))
 
 
 def stale_split(data_dir: Path, meta: dict[str, Any]) -> Optional[str]:
