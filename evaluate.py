@@ -94,7 +94,7 @@ def complete_first_sentences(model: torch.nn.Module, tokens: Tokens, config: Eva
     decoder = decoding_model(model)
     generator = torch.Generator(device=model.token_embedding.weight.device).manual_seed(config.seed)
     return [complete(decoder, prompt, config.max_tokens, sampling, generator=generator)
-            for prompt in tqdm(prompts, desc="completions", unit="story")]
+            for prompt in tqdm(prompts, desc="completions", unit="story", disable=not sys.stderr.isatty())]
 
 
 def write_completions(path: Path, completions: list[Completion]) -> None:

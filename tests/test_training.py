@@ -14,7 +14,7 @@ import torch
 from model.model import Model, preset
 from tinystories.data import DataConfig
 from tinystories.errors import UserError
-from tinystories.training import TrainConfig, Trainer, learning_rate_at, make_optimizer
+from tinystories.training import TrainConfig, Trainer, learning_rate_at, make_optimizer, peak_flops_of
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RUN = ["--preset", "tiny", "--block_size", "32", "--batch_size", "2", "--gradient_accumulation_steps", "2",
@@ -172,6 +172,9 @@ def test_resume_with_a_different_model_is_refused(synthetic_data_dir, tmp_path):
     second = run_train(["--max_steps", "4", "--n_embd", "32"], synthetic_data_dir, tmp_path)
     _, stderr = second.communicate()
     assert second.returncode == 2 and "different model (n_embd differ)" in stderr, stderr
+    third = run_train(["--max_steps", "4", "--seed", "9"], synthetic_data_dir, tmp_path)
+    _, stderr = third.communicate()
+    assert third.returncode == 2 and "trained with --seed 1337" in stderr, stderr
 
 
 def test_adamw_is_fused_on_the_cpu():
@@ -210,3 +213,10 @@ def test_non_finite_validation_loss_stops_before_saving(synthetic_data_dir, tmp_
     assert torch.load(tmp_path / "checkpoints" / "checkpoint.pth", weights_only=True)["step"] == 2
     history = json.loads(next((tmp_path / "logs").glob("training_*.log")).read_text())["history"]
     assert [entry["step"] for entry in history] == [2]
+
+
+def test_datasheet_peak_matches_whole_words_of_the_device_name():
+    assert peak_flops_of("NVIDIA H100 80GB HBM3") == peak_flops_of("NVIDIA H200") == 989e12
+    assert peak_flops_of("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops_of("NVIDIA L40S") is None and peak_flops_of("NVIDIA A10G") is None
+    assert peak_flops_of("NVIDIA L4") == 121e12

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import math
 import random
+import re
 import signal
 import sys
 import time
@@ -129,10 +130,16 @@ def flops_per_token(config: Config, seq_len: Optional[int] = None) -> int:
 
 
 def peak_flops(device: torch.device) -> Optional[float]:
+    """The datasheet dense bf16 peak of a known CUDA GPU, else None."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+    return peak_flops_of(torch.cuda.get_device_name(device))
+
+
+def peak_flops_of(device_name: str) -> Optional[float]:
+    """By whole words of the name ("NVIDIA A100-SXM4-80GB" is an A100; an "L40S" is not an "L4")."""
+    words = set(re.split(r"[\s\-_]+", device_name))
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in words), None)
 
 
 def rng_states() -> dict[str, Any]:
@@ -287,6 +294,10 @@ class Trainer:
         if checkpoint.get("data_fingerprint") != self.fingerprint:
             raise UserError(f"{path} was trained on different data than {self.data_dir}; "
                             "use the same data, another --out_dir, or --resume never")
+        saved_seed = checkpoint.get("training_arguments", {}).get("seed")
+        if saved_seed != self.config.seed:
+            raise UserError(f"{path} was trained with --seed {saved_seed}; resuming exactly needs the same seed "
+                            "(it sets the data order and dropout)")
         if checkpoint.get("world_batch") != [self.config.batch_size, self.distributed.world_size]:
             raise UserError(f"{path} was trained with batch size and processes {checkpoint.get('world_batch')}; "
                             f"resuming exactly needs the same ({self.config.batch_size}, {self.distributed.world_size})")
