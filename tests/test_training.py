@@ -158,6 +158,7 @@ def test_flags_override_config_file_which_overrides_defaults(tmp_path):
     (["--gradient_accumulation_steps", "1000000"], "too small"),
     (["--data_path", "/nonexistent/stories.txt"], "nonexistent"),
     (["--out_dir", "/dev/null/run"], "cannot create the output folder"),
+    (["--preset", "nano", "--block_size", "32"], "beyond the model's vocabulary of 512"),
 ])
 def test_bad_arguments_exit_2_with_one_line(arguments, message, synthetic_data_dir, tmp_path):
     process = run_train(arguments, synthetic_data_dir, tmp_path)

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from model.model import Config, Model
+from tinystories.data.hub import hub_resolves
 from tinystories.errors import UserError
 from tinystories.tokenizer import EOT_ID, VOCAB_SIZE, bpe_file_paths, get_tokenizer
 
@@ -174,13 +175,17 @@ def _first_line(error: BaseException) -> str:
 def load_hf(path_or_repo_id: str) -> Model:
     """Our Model from a GPT-2-architecture model folder or Hugging Face hub repo id."""
     transformers = _transformers()
+    is_folder = Path(path_or_repo_id).is_dir()
+    # Without a reachable Hub, only the cache can serve a repo id; asking the network would retry for 25 s.
+    offline = {} if is_folder or hub_resolves() else {"local_files_only": True}
     # A local folder needs no download, so its bars would only add noise before a possible error line.
-    with _quiet_transformers(progress_bars=not Path(path_or_repo_id).is_dir()):
+    with _quiet_transformers(progress_bars=not is_folder):
         try:
-            config_dict, _ = transformers.PretrainedConfig.get_config_dict(path_or_repo_id)
+            config_dict, _ = transformers.PretrainedConfig.get_config_dict(path_or_repo_id, **offline)
         except OSError as error:
-            raise UserError(f"{path_or_repo_id} is neither a model folder nor a loadable Hugging Face repo: "
-                            f"{_first_line(error)}") from None
+            where = "in the Hugging Face cache, and the Hub is unreachable" if offline else \
+                f"a loadable Hugging Face repo: {_first_line(error)}"
+            raise UserError(f"{path_or_repo_id} is neither a model folder nor {where}") from None
         model_type = config_dict.get("model_type")
         if model_type is None:
             raise UserError(f"{path_or_repo_id} has no Hugging Face model config (config.json)")
@@ -193,7 +198,8 @@ def load_hf(path_or_repo_id: str) -> Model:
             raise UserError(f"{path_or_repo_id}: {error}") from None
         try:
             hf_model, info = transformers.GPT2LMHeadModel.from_pretrained(
-                path_or_repo_id, config=hf_config, output_loading_info=True, ignore_mismatched_sizes=True)
+                path_or_repo_id, config=hf_config, output_loading_info=True, ignore_mismatched_sizes=True,
+                **offline)
         except Exception as error:  # OSError, safetensors' and torch's errors alike mean unreadable weights
             raise UserError(f"{path_or_repo_id}: weights could not be loaded: {_first_line(error)}") from None
     # from_pretrained fills missing or wrongly shaped weights with random ones; a conversion must not.

@@ -52,7 +52,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _hub_resolves() -> bool:
+def hub_resolves() -> bool:
     """Whether the Hub's host name resolves: without it, huggingface_hub would retry for half a minute."""
     import huggingface_hub.constants
 
@@ -74,7 +74,7 @@ def download_hub_file(hub_file: HubFile) -> tuple[Path, str]:
     try:
         local = fetch(local_files_only=True)  # the revision is a commit: a cached file needs no network
     except LocalEntryNotFoundError:
-        if huggingface_hub.constants.HF_HUB_OFFLINE or not _hub_resolves():
+        if huggingface_hub.constants.HF_HUB_OFFLINE or not hub_resolves():
             raise UserError(f"the Hugging Face Hub is unreachable (offline, or its name does not resolve) and "
                             f"{hub_file.filename} is not in its cache; {OFFLINE_HINT}") from None
         print(f"downloading {hub_file.filename} from {REPOSITORY} at {REVISION[:10]}", file=sys.stderr)
