@@ -232,8 +232,9 @@ class Trainer:
         self.train_tokens = load_tokens(self.data_dir, "train")
         self.val_tokens = load_tokens(self.data_dir, "validation")
         for split, tokens in (("train", self.train_tokens), ("validation", self.val_tokens)):
-            if len(tokens) and int(tokens.max()) >= self.model_config.vocab_size:
-                raise UserError(f"the {split} split has token ids up to {int(tokens.max()):,}, beyond the model's "
+            largest = int(tokens.max()) if len(tokens) else 0  # one pass over the memmap
+            if largest >= self.model_config.vocab_size:
+                raise UserError(f"the {split} split has token ids up to {largest:,}, beyond the model's "
                                 f"vocabulary of {self.model_config.vocab_size:,} (preset {config.preset}); "
                                 "use a preset with the GPT-2 vocabulary (33M, small, tiny)")
         block_size = self.model_config.block_size

@@ -87,10 +87,11 @@ def _file_record(name: str, role: str, path: Path, sha256: str) -> dict[str, Any
 
 def local_source(data_path: str, data_dir: Optional[str]) -> Source:
     paths = expand_paths(data_path)
-    if len(paths) > 1:
-        output = Path(data_dir or Path("data") / _common_folder_name(paths)).resolve()
-        # A data folder inside the --data_path folder holds this run's own meta.json: it is no story file.
-        paths = [path for path in paths if not (path.name == META_FILE and path.resolve().parent == output)]
+    name = paths[0].stem if len(paths) == 1 else Path(os.path.commonpath([p.resolve().parent for p in paths])).name
+    default_dir = Path("data") / (name or "local")
+    output = Path(data_dir or default_dir).resolve()
+    # A data folder inside the --data_path folder holds this run's own meta.json: it is no story file.
+    paths = [path for path in paths if not (path.name == META_FILE and path.resolve().parent == output)]
     records = [_file_record(path.name, "test" if is_held_out(path) else "train", path, hub.sha256_of(path))
                for path in paths]
 
@@ -98,13 +99,8 @@ def local_source(data_path: str, data_dir: Optional[str]) -> Source:
         return lambda progress: (record, read_file_stories(path, progress))
 
     streams = [StoryStream(record["role"], opener(path, record)) for path, record in zip(paths, records)]
-    name = paths[0].stem if len(paths) == 1 else _common_folder_name(paths)
-    return Source({"kind": "local files", "files": records}, streams, Path("data") / name,
+    return Source({"kind": "local files", "files": records}, streams, default_dir,
                   sum(record["bytes"] for record in records))
-
-
-def _common_folder_name(paths: list[Path]) -> str:
-    return Path(os.path.commonpath([path.resolve().parent for path in paths])).name or "local"
 
 
 def hub_source(dataset: str) -> Source:

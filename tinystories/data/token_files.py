@@ -39,13 +39,16 @@ def write_meta(data_dir: Path, meta: dict[str, Any]) -> None:
     atomic_write(data_dir / META_FILE, lambda file: file.write(document.encode("utf-8")))
 
 
+def _has_recorded_size(data_dir: Path, record: dict[str, Any]) -> bool:
+    """Whether a split's token file exists with the size its meta.json record gives."""
+    path = data_dir / record["file"]
+    return path.is_file() and path.stat().st_size == record["tokens"] * np.dtype(TOKEN_DTYPE).itemsize
+
+
 def stale_split(data_dir: Path, meta: dict[str, Any]) -> Optional[str]:
     """The name of a token file that does not have the size meta.json records, or None when all do."""
-    for record in meta["splits"].values():
-        path = data_dir / record["file"]
-        if not path.is_file() or path.stat().st_size != record["tokens"] * np.dtype(TOKEN_DTYPE).itemsize:
-            return record["file"]
-    return None
+    return next((record["file"] for record in meta["splits"].values()
+                 if not _has_recorded_size(data_dir, record)), None)
 
 
 def load_tokens(data_dir: Union[str, Path], split: str) -> np.ndarray:
@@ -58,10 +61,9 @@ def load_tokens(data_dir: Union[str, Path], split: str) -> np.ndarray:
     if record is None:
         raise UserError(f"{folder} has no {split} split (its source has no held-out stories)")
     path = folder / record["file"]
-    expected_bytes = record["tokens"] * np.dtype(TOKEN_DTYPE).itemsize
-    if not path.is_file() or path.stat().st_size != expected_bytes:
+    if not _has_recorded_size(folder, record):
         raise UserError(f"{path} does not match meta.json (missing or truncated); "
                         "run python prepare.py again to rebuild it")
-    if expected_bytes == 0:
+    if record["tokens"] == 0:
         return np.zeros(0, dtype=TOKEN_DTYPE)
     return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
