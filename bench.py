@@ -11,15 +11,14 @@ import json
 import sys
 
 from tinystories.benchmark import BenchConfig, format_table, run_benchmark
-from tinystories.files import atomic_write
-from tinystories.cli import ArgumentParser, add_dataclass_arguments, explicit_values, merge_dataclass
+from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.errors import run_main
+from tinystories.files import atomic_write
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    add_dataclass_arguments(parser, BenchConfig, title="benchmark")
-    config = merge_dataclass(BenchConfig(), explicit_values(BenchConfig, parser.parse_args(argv)), "command line")
+    [config] = parse_dataclasses(parser, [(BenchConfig, "benchmark")], argv)
     report = run_benchmark(config)
     document = json.dumps(report, indent=2) + "\n"
     atomic_write(config.json, lambda file: file.write(document.encode("utf-8")))

@@ -16,14 +16,14 @@ import torch
 from tqdm import tqdm
 
 from tinystories.checkpoint import load_model
-from tinystories.files import atomic_write, ensure_folder
-from tinystories.cli import ArgumentParser, add_dataclass_arguments, explicit_values, merge_dataclass
+from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.data import load_tokens, read_stories
 from tinystories.data.pipeline import encode_stories
 from tinystories.device import DEVICE_HELP, resolve_device
 from tinystories.errors import UserError, run_main
 from tinystories.evaluation import (ConcatenatedTokens, Tokens, count_stories, first_sentence, first_stories,
                                    generation_quality, story_texts, stream_loss)
+from tinystories.files import atomic_write, ensure_folder
 from tinystories.sampling import Completion, SamplingConfig, complete, decoding_model
 from tinystories.tokenizer import get_tokenizer
 
@@ -65,11 +65,8 @@ class EvaluateConfig:
 def parse_arguments(argv: Optional[list[str]] = None) -> tuple[EvaluateConfig, SamplingConfig]:
     parser = ArgumentParser(description="Evaluate a TinyStories model: loss, perplexity, bits per byte, "
                                         "and optionally the quality of its completions.")
-    add_dataclass_arguments(parser, EvaluateConfig, title="evaluation")
-    add_dataclass_arguments(parser, SamplingConfig, title="sampling of the completions (with --generate)")
-    namespace = parser.parse_args(argv)
-    config = merge_dataclass(EvaluateConfig(), explicit_values(EvaluateConfig, namespace), "command line")
-    sampling = merge_dataclass(SamplingConfig(), explicit_values(SamplingConfig, namespace), "command line")
+    config, sampling = parse_dataclasses(parser, [(EvaluateConfig, "evaluation"), (
+        SamplingConfig, "sampling of the completions (with --generate)")], argv)
     return config, sampling
 
 

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from tinystories.checkpoint import load_model
-from tinystories.cli import ArgumentParser, add_dataclass_arguments, explicit_values, merge_dataclass
+from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.device import DEVICE_HELP, resolve_device
 from tinystories.errors import UserError, run_main
 from tinystories.sampling import Completion, SamplingConfig, complete, decoding_model
@@ -67,11 +67,8 @@ def read_prompts(config: GenerateConfig) -> list[str]:
 
 def parse_arguments(argv: Optional[list[str]] = None) -> tuple[GenerateConfig, SamplingConfig]:
     parser = ArgumentParser(description="Continue a prompt with a trained TinyStories model.")
-    add_dataclass_arguments(parser, GenerateConfig, title="generation")
-    add_dataclass_arguments(parser, SamplingConfig, title="sampling (Hugging Face's order: temperature, top-k, top-p)")
-    namespace = parser.parse_args(argv)
-    config = merge_dataclass(GenerateConfig(), explicit_values(GenerateConfig, namespace), "command line")
-    sampling = merge_dataclass(SamplingConfig(), explicit_values(SamplingConfig, namespace), "command line")
+    config, sampling = parse_dataclasses(parser, [(GenerateConfig, "generation"), (
+        SamplingConfig, "sampling (Hugging Face's order: temperature, top-k, top-p)")], argv)
     return config, sampling
 
 

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import argparse
 
-from tinystories.cli import ArgumentParser, add_dataclass_arguments, explicit_values, merge_dataclass
+from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.data import DataConfig, prepare_data
 from tinystories.errors import run_main
 
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__)
-    add_dataclass_arguments(parser, DataConfig, title="data")
     parser.add_argument("--out_dir", dest="data_dir", metavar="DIR", default=argparse.SUPPRESS,
                         help="the same as --data_dir")
-    arguments = parser.parse_args()
-    prepare_data(merge_dataclass(DataConfig(), explicit_values(DataConfig, arguments), "command line"))
+    [config] = parse_dataclasses(parser, [(DataConfig, "data")])
+    prepare_data(config)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,15 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: O
     return group
 
 
+def parse_dataclasses(parser: argparse.ArgumentParser, groups: list[tuple[type, str]],
+                      argv: Optional[list[str]] = None) -> list[Any]:
+    """One flag group per (dataclass, title); parse argv; each dataclass's defaults with its flags applied."""
+    for cls, title in groups:
+        add_dataclass_arguments(parser, cls, title=title)
+    namespace = parser.parse_args(argv)
+    return [merge_dataclass(cls(), explicit_values(cls, namespace), "command line") for cls, _ in groups]
+
+
 def _field_default(field: dataclasses.Field) -> Any:
     if field.default is not dataclasses.MISSING:
         return field.default
