@@ -1,6 +1,6 @@
 """The TinyStories GPT: configuration, network and key/value cache.
 
-Reading order: Config and its presets, KVCache, CausalSelfAttention, MLP, Block, Model.
+Reading order: Config and its presets, KVCache, SlotKVCache, CausalSelfAttention, MLP, Block, Model.
 This file holds the network only: no files, no tokenizer, no command line.
 Shapes in comments: B batch, T new tokens, S cached + new tokens, C n_embd, H heads, D head size.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -79,6 +79,7 @@ class KVCache:
         shape = (config.n_layer, batch_size, config.n_head, max_len, head_size)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.block_size = config.block_size
         self.length = 0  # positions filled so far, the same for every layer once a forward completes
 
     @property
@@ -102,6 +103,135 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    def positions(self, new_tokens: int, device: torch.device) -> torch.Tensor:
+        """Positions (T,) of the next forward's tokens: they continue the cached sequence."""
+        if self.length + new_tokens > self.block_size:
+            raise ValueError(f"sequence of {self.length + new_tokens} tokens exceeds block_size {self.block_size}")
+        return torch.arange(self.length, self.length + new_tokens, device=device)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention of the new (B, H, T, D) queries over the cached and new keys and values."""
+        past = self.length
+        T = q.shape[2]
+        k, v = self.update(layer, k, v)  # (B, H, S, D)
+        if past == 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if T == 1:
+            # One new token may see every cached position: no mask, so SDPA keeps its fast path.
+            return F.scaled_dot_product_attention(q, k, v)
+        # Several new tokens after a cached prefix: new token i sees positions up to past + i.
+        visible = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+
+    def advance(self, new_tokens: int) -> None:
+        """Count the tokens of a completed forward (every layer has stored them)."""
+        self.length += new_tokens
+
+
+class SlotKVCache:
+    """Keys and values of up to `slots` sequences decoded together, each in its own row with its own length:
+    the cache of batched generation, where sequences start and end at different steps.
+
+    A forward through it takes idx (1, N): the new tokens of several rows packed end to end, as `plan` lays
+    them out. First comes one token for each row in `decoding`, continuing that row at its own length; then
+    all the tokens of each row in `starting`, which replace that row's contents from position 0 (a new
+    prompt, or a window re-encoded after sliding). Packing instead of padding means a long prompt costs the
+    decoding rows nothing in the linear layers. Attention never crosses rows, and a row's tokens see only
+    that row's positions up to their own.
+    """
+
+    def __init__(self, config: Config, slots: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        head_size = config.n_embd // config.n_head
+        shape = (config.n_layer, slots, config.n_head, config.block_size, head_size)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.lengths = [0] * slots  # positions filled in each row
+        self.plan([], [])
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[3]
+
+    def plan(self, decoding: list[int], starting: list[tuple[int, int]]) -> None:
+        """Lay out the next forward: one token for each row of `decoding`, then `count` tokens for each
+        (row, count) of `starting`, in that order."""
+        if any(self.lengths[row] >= self.max_len for row in decoding):
+            raise ValueError(f"a decoding row already holds all {self.max_len} positions")
+        if any(not 0 < count <= self.max_len for _, count in starting):
+            raise ValueError(f"a starting row must have between 1 and {self.max_len} tokens")
+        self.decoding, self.starting = decoding, starting
+        device = self.keys.device
+        past = [self.lengths[row] for row in decoding]
+        self._positions = torch.tensor(past + [p for _, count in starting for p in range(count)],
+                                       dtype=torch.long, device=device)
+        if not decoding:
+            return
+        self._rows = torch.tensor(decoding, device=device)
+        self._past = self._positions[:len(decoding)]
+        # Decoding attends over rows 0..n-1 of the cache as one view (no copy); a row that is not decoding
+        # gets a zero query that sees position 0 only, and its output is dropped.
+        n = max(decoding) + 1
+        self._every_row = decoding == list(range(n))
+        visible = torch.zeros(n, max(past) + 1, dtype=torch.bool, device=device)
+        visible[:, 0] = True
+        visible[self._rows] = torch.arange(visible.shape[1], device=device) <= self._past[:, None]
+        self._visible = visible[:, None, None, :]  # (n, 1, 1, S): row r sees its positions up to its new token
+
+    def positions(self, new_tokens: int, device: torch.device) -> torch.Tensor:
+        """Positions (N,) of the planned tokens, each counted in its own row."""
+        if new_tokens != self._positions.numel():
+            raise ValueError(f"the forward has {new_tokens} tokens but the plan lays out {self._positions.numel()}")
+        return self._positions
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of the packed (1, H, N, D) queries, each over its own row; stores the new keys and values."""
+        keys, values = self.keys[layer], self.values[layer]  # (slots, H, max_len, D)
+        d = len(self.decoding)
+        outputs = []
+        if d:
+            q_new, k_new, v_new = (t[0, :, :d].transpose(0, 1) for t in (q, k, v))  # (d, H, D)
+            keys[self._rows, :, self._past] = k_new
+            values[self._rows, :, self._past] = v_new
+            n, S = self._visible.shape[0], self._visible.shape[-1]
+            queries = q_new.unsqueeze(2)  # (d, H, 1, D)
+            if not self._every_row:
+                queries = queries.new_zeros(n, *queries.shape[1:]).index_copy(0, self._rows, queries)
+            y = F.scaled_dot_product_attention(queries, keys[:n, :, :S], values[:n, :, :S], attn_mask=self._visible)
+            if not self._every_row:
+                y = y.index_select(0, self._rows)
+            outputs.append(y.squeeze(2).transpose(0, 1).unsqueeze(0))  # (1, H, d, D)
+        start = d
+        for row, count in self.starting:
+            end = start + count
+            keys[row, :, :count] = k[0, :, start:end]
+            values[row, :, :count] = v[0, :, start:end]
+            outputs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end],
+                                                          is_causal=True))
+            start = end
+        return torch.cat(outputs, dim=2)
+
+    def advance(self, new_tokens: int) -> None:
+        """Count the planned tokens once a forward has stored them in every layer."""
+        for row in self.decoding:
+            self.lengths[row] += 1
+        for row, count in self.starting:
+            self.lengths[row] = count
+        self.plan([], [])
+
+    def move(self, source: int, target: int) -> None:
+        """Move row `source`'s sequence to row `target` (keeping the busy rows first); `source` becomes empty."""
+        length = self.lengths[source]
+        self.keys[:, target, :, :length] = self.keys[:, source, :, :length]
+        self.values[:, target, :, :length] = self.values[:, source, :, :length]
+        self.lengths[target], self.lengths[source] = length, 0
+
+    def release(self, row: int) -> None:
+        self.lengths[row] = 0
+
+
+AnyKVCache = Union[KVCache, SlotKVCache]
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: Config, layer_index: int) -> None:
@@ -113,24 +243,14 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.residual_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: Optional[AnyKVCache] = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        past = 0
-        if kv_cache is not None:
-            past = kv_cache.length
-            k, v = kv_cache.update(self.layer_index, k, v)  # (B, H, S, D)
-        dropout_p = self.dropout if self.training else 0.0
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif T == 1:
-            # One new token may see every cached position: no mask, so SDPA keeps its fast path.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        if kv_cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         else:
-            # Several new tokens after a cached prefix: new token i sees positions up to past + i.
-            visible = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p)
+            y = kv_cache.attend(self.layer_index, q, k, v)  # caches serve inference: no dropout
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.residual_dropout(self.out_proj(y))
 
@@ -157,7 +277,7 @@ class Block(nn.Module):
         self.mlp_norm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: Optional[AnyKVCache] = None) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), kv_cache)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -194,28 +314,30 @@ class Model(nn.Module):
             total -= self.token_embedding.weight.numel() + self.position_embedding.weight.numel()
         return total
 
-    def hidden_states(self, idx: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, kv_cache: Optional[AnyKVCache] = None) -> torch.Tensor:
         """idx (B, T) token ids -> the final-norm outputs (B, T, C) that the output layer turns into logits.
 
-        With `kv_cache`, idx continues the cached sequence: positions start at the cache's length.
+        With `kv_cache`, idx continues the cached sequences: the cache gives the positions and the attention.
         """
         B, T = idx.shape
-        past = 0 if kv_cache is None else kv_cache.length
-        if past + T > self.config.block_size:
-            raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
-        positions = torch.arange(past, past + T, device=idx.device)
+        if kv_cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+            positions = torch.arange(T, device=idx.device)
+        else:
+            positions = kv_cache.positions(T, idx.device)
         x = self.embedding_dropout(self.token_embedding(idx) + self.position_embedding(positions))  # (B, T, C)
         for block in self.blocks:
             x = block(x, kv_cache)
         if kv_cache is not None:
-            kv_cache.length += T
+            kv_cache.advance(T)
         return self.final_norm(x)
 
-    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, kv_cache: Optional[KVCache] = None,
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, kv_cache: Optional[AnyKVCache] = None,
                 return_logits: bool = True) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """idx (B, T) token ids -> logits (B, T, vocab_size) and the mean cross-entropy over targets != -1.
 
-        With `kv_cache`, idx continues the cached sequence: positions start at the cache's length.
+        With `kv_cache`, idx continues the cached sequences (see hidden_states).
         With targets and return_logits=False, the logits are None and the loss comes from model/loss.py, a
         chunk of positions at a time: faster, and without the memory of every position's logits (training
         and evaluation use this).
@@ -233,6 +355,11 @@ class Model(nn.Module):
         """An empty cache on this model's device and in its parameters' dtype."""
         weight = self.token_embedding.weight
         return KVCache(self.config, batch_size, max_len, device=weight.device, dtype=weight.dtype)
+
+    def new_slot_kv_cache(self, slots: int) -> SlotKVCache:
+        """An empty cache of `slots` independent rows of block_size positions, on this model's device and dtype."""
+        weight = self.token_embedding.weight
+        return SlotKVCache(self.config, slots, device=weight.device, dtype=weight.dtype)
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str | torch.device = "cpu") -> "Model":

@@ -105,3 +105,44 @@ def test_sequences_longer_than_block_size_are_refused():
     model(torch.zeros(1, 64, dtype=torch.long), kv_cache=cache)
     with pytest.raises(ValueError, match="exceeds block_size"):
         model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
+
+
+def test_slot_cache_rows_see_only_their_own_positions():
+    """Rows of different lengths packed in one forward, a row joining, a row re-encoded from position 0 and
+    a row moved: each row's logits equal a forward over that row's tokens alone (no cache)."""
+    model = Model(preset("nano", dropout=0.0)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(4.0)  # logits of a trained model's spread (std ~2), so a leak between rows would show
+    cache = model.new_slot_kv_cache(4)
+    rows: dict[int, list[int]] = {}
+    largest = 0.0
+
+    def step(decoding: dict[int, int], starting: dict[int, list[int]]) -> None:
+        nonlocal largest
+        for row, token in decoding.items():
+            rows[row].append(token)
+        rows.update(starting)
+        cache.plan(list(decoding), [(row, len(tokens)) for row, tokens in starting.items()])
+        idx = torch.tensor([list(decoding.values()) + [t for tokens in starting.values() for t in tokens]])
+        with torch.no_grad():
+            hidden = model.hidden_states(idx, cache)[0]
+            last = torch.tensor([1] * len(decoding) + [len(tokens) for tokens in starting.values()]).cumsum(0) - 1
+            logits = model.lm_head(hidden[last])
+            for logit, row in zip(logits, list(decoding) + list(starting)):
+                alone = model(torch.tensor([rows[row]]))[0][0, -1]
+                largest = max(largest, (logit - alone).abs().max().item())
+        assert cache.lengths[:len(rows)] == [len(rows[row]) for row in sorted(rows)]
+
+    step({}, {0: list(range(10)), 1: list(range(100, 140))})
+    step({0: 5, 1: 6}, {2: [7, 8, 9]})
+    for token in range(20):
+        step({0: token, 1: 50 + token, 2: 200 + token}, {})
+    # Row 1 is full (64 positions): it restarts from its last 48 tokens while rows 0 and 2 decode.
+    step({0: 3, 2: 4}, {1: rows[1][-47:] + [9]})
+    cache.move(2, 0)  # row 0's sequence ended; row 2's sequence moves into its row
+    rows[0] = rows.pop(2)
+    step({0: 11, 1: 12}, {2: [1, 2]})
+    step({1: 13}, {})  # row 0 idles for a step: decoding rows need not be contiguous
+    step({0: 14, 1: 15, 2: 16}, {})
+    assert largest < 1e-4, largest

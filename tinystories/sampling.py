@@ -151,11 +151,16 @@ class _Window:
         self.cache.reorder(rows)
 
 
-def _prompt_tensor(model: Model, prompt: list[int]) -> torch.Tensor:
+def check_prompt(prompt: list[int], vocab_size: int) -> None:
+    """Refuse (UserError) an empty prompt or token ids outside the model's vocabulary."""
     if not prompt:
         raise UserError("the prompt is empty; give at least one token of text")
-    if max(prompt) >= model.config.vocab_size:
-        raise UserError(f"the prompt has token ids beyond this model's vocabulary of {model.config.vocab_size}")
+    if min(prompt) < 0 or max(prompt) >= vocab_size:
+        raise UserError(f"the prompt has token ids beyond this model's vocabulary of {vocab_size}")
+
+
+def _prompt_tensor(model: Model, prompt: list[int]) -> torch.Tensor:
+    check_prompt(prompt, model.config.vocab_size)
     return torch.tensor([prompt], dtype=torch.long, device=model.token_embedding.weight.device)
 
 

@@ -1,0 +1,420 @@
+"""Batched generation with continuous batching: many sequences decode together, one model forward per step.
+
+The engine holds up to `max_batch` sequences, each in a row ("slot") of one SlotKVCache with its own length.
+A step admits waiting sequences into free rows, runs ONE forward over every active sequence (a new prompt
+and a window re-encoded after sliding are packed in beside the one-token rows of the others), and picks each
+sequence's next token with its own sampling settings and random generator. A sequence that ends leaves its
+row at once, and a waiting one takes it at the next step.
+
+Batching never changes results: each sequence's tokens are those `sample_tokens` gives for it alone, with a
+generator on the model's device seeded with the request's seed (greedy: the same ids). The sliding window is
+sampling.py's, per sequence: a sequence whose cache is full re-encodes the last 3/4 of its window at
+positions 0, 1, ..., in the same forward as the others' single tokens.
+
+Threads: `submit`, `SequenceHandle.cancel`, `events` and `result` may be called from any thread. Steps run
+on one thread at a time: the caller's (`run`, `generate`) or the engine's own (`start`), which also calls
+the `on_event` callbacks, so those should be quick.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+from tqdm import tqdm
+
+from model.model import Config, Model
+from tinystories.errors import UserError
+from tinystories.sampling import SamplingConfig, Utf8Stream, check_prompt, pick_next_token
+from tinystories.tokenizer import EOT_ID
+
+MAX_TOP_LOGPROBS = 5
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]  # non-empty; longer than block_size -> the last block_size tokens are kept
+    max_new_tokens: int
+    sampling: SamplingConfig
+    seed: Optional[int] = None  # this sequence's own generator seed (None: nondeterministic)
+    stop_at_eos: bool = True  # stop after <|endoftext|> (the EOT token is reported, not in the text)
+    stop: list[str] = field(default_factory=list)  # stop strings: the text is cut before the first one found
+    top_logprobs: int = 0  # 0..5: also report the N most likely alternatives of each token
+
+
+@dataclass
+class TokenEvent:
+    token_id: int
+    text: str  # the new complete UTF-8 text this token adds ('' while held back)
+    logprob: float  # log-softmax of the model's raw (temperature 1) logits for token_id
+    top_logprobs: list[tuple[int, float]]  # up to top_logprobs (token id, logprob), most likely first
+
+
+@dataclass
+class SequenceResult:
+    token_ids: list[int]  # the new tokens, including a final <|endoftext|> when it ended the sequence
+    text: str  # the new text, without <|endoftext|>, cut before a stop string
+    finish_reason: str  # "stop" (<|endoftext|> or a stop string), "length" or "cancelled"
+    prompt_tokens: int  # tokens of the prompt as submitted
+    seconds: float = 0.0  # from joining a slot to finishing
+
+
+def sequence_seed(run_seed: int, sequence_number: int) -> int:
+    """The seed of sequence number k (0-based, in prompt/sample order) of a run seeded with `run_seed`:
+    (run_seed + k * 2**32) mod 2**64. Sequence 0 keeps the run's seed, so a single sample reads as before."""
+    return (run_seed + sequence_number * 2**32) % 2**64
+
+
+def kv_cache_bytes(config: Config, slots: int, dtype: torch.dtype = torch.float32) -> int:
+    """Memory of the engine's cache: keys and values of every layer, block_size positions per slot."""
+    return 2 * config.n_layer * slots * config.block_size * config.n_embd * dtype.itemsize
+
+
+def available_memory(device: torch.device) -> Optional[int]:
+    """Bytes that can still be allocated on `device` (None where it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            with open("/proc/meminfo", encoding="ascii") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def check_cache_fits(model: Model, slots: int) -> None:
+    """Refuse (UserError) a number of slots whose cache would not fit in the device's free memory."""
+    weight = model.token_embedding.weight
+    needed = kv_cache_bytes(model.config, slots, weight.dtype)
+    available = available_memory(weight.device)
+    if available is not None and needed > available:
+        raise UserError(f"--batch_size {slots}: the KV cache needs {needed / 2**30:.2f} GiB "
+                        f"({needed / slots / 2**20:.1f} MiB per sequence) but only {available / 2**30:.2f} GiB "
+                        f"of {weight.device.type} memory is free; lower --batch_size")
+
+
+class SequenceHandle:
+    """A submitted sequence: its events as they come, its result once finished, and a way to cancel it."""
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self._condition = threading.Condition()
+        self._events: list[TokenEvent] = []
+        self._result: Optional[SequenceResult] = None
+        self._error: Optional[BaseException] = None
+        self.cancel_requested = False
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None or self._error is not None
+
+    def cancel(self) -> None:
+        """End the sequence at the next step (finish_reason "cancelled"); its slot frees then."""
+        self.cancel_requested = True
+
+    def events(self) -> Iterator[TokenEvent]:
+        """Every event of the sequence, blocking for the next one; ends when the sequence finishes."""
+        index = 0
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: len(self._events) > index or self.done)
+                pending = self._events[index:]
+                finished = self.done
+            yield from pending
+            index += len(pending)
+            if finished and index == len(self._events):
+                if self._error is not None:
+                    raise self._error
+                return
+
+    def result(self, timeout: Optional[float] = None) -> SequenceResult:
+        """The finished sequence, waiting for it (TimeoutError after `timeout` seconds)."""
+        with self._condition:
+            if not self._condition.wait_for(lambda: self.done, timeout):
+                raise TimeoutError("the sequence has not finished")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _add(self, event: TokenEvent) -> None:
+        with self._condition:
+            self._events.append(event)
+            self._condition.notify_all()
+
+    def _finish(self, result: Optional[SequenceResult], error: Optional[BaseException] = None) -> None:
+        with self._condition:
+            self._result, self._error = result, error
+            self._condition.notify_all()
+
+
+class _Sequence:
+    """One sequence's decoding state: its window of tokens, its text so far and what the caller has seen."""
+
+    def __init__(self, request: GenerationRequest, handle: SequenceHandle,
+                 on_event: Optional[Callable[[TokenEvent], None]], block_size: int, device: torch.device) -> None:
+        self.request, self.handle, self.on_event = request, handle, on_event
+        self.block_size = block_size
+        self.window = list(request.prompt_ids[-block_size:])  # the tokens the cache row holds or will hold
+        self.cached = 0  # positions of the window in the cache row
+        self.generator = torch.Generator(device=device)
+        if request.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(request.seed)
+        self.new_ids: list[int] = []
+        self.stream = Utf8Stream()
+        self.text = ""
+        self.shown = 0  # characters of self.text handed out in events
+        self.started = time.perf_counter()
+
+    def feed(self, keep: int) -> list[int]:
+        """The tokens the next forward must feed: the prompt, a slid window, or the last token picked."""
+        if self.cached == 0:
+            return self.window
+        if self.cached == self.block_size:
+            self.window = self.window[-keep:]
+            return self.window
+        return self.window[-1:]
+
+    def add(self, token: int, logprob: float, top: list[tuple[int, float]]) -> Optional[str]:
+        """Take the picked token and hand out its event; the finish reason if the sequence has ended."""
+        request = self.request
+        self.new_ids.append(token)
+        self.window.append(token)
+        if request.stop_at_eos and token == EOT_ID:
+            reason: Optional[str] = "stop"
+            self.text += self.stream.flush()
+        else:
+            self.text += self.stream.push(token)
+            cut = min((i for i in (self.text.find(stop, self.shown) for stop in request.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                self.text, reason = self.text[:cut], "stop"
+            elif len(self.new_ids) == request.max_new_tokens:
+                self.text, reason = self.text + self.stream.flush(), "length"
+            else:
+                reason = None
+        shown = len(self.text) if reason else len(self.text) - _held_back(self.text, request.stop)
+        piece, self.shown = self.text[self.shown:shown], shown
+        self._emit(TokenEvent(token, piece, logprob, top))
+        return reason
+
+    def _emit(self, event: TokenEvent) -> None:
+        self.handle._add(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def result(self, reason: str) -> SequenceResult:
+        text = self.text if reason != "cancelled" else self.text[:self.shown]
+        return SequenceResult(self.new_ids, text, reason, self.handle.prompt_tokens, time.perf_counter() - self.started)
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Characters at the end of `text` that could be the start of a stop string, so are not shown yet."""
+    longest = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:length]):
+                longest = length
+                break
+    return longest
+
+
+class Engine:
+    """Continuous batching over one model: submit sequences, then step (or `start` a thread that steps)."""
+
+    def __init__(self, model: Model, max_batch: int = 32) -> None:
+        if max_batch < 1:
+            raise UserError(f"--batch_size must be at least 1, got {max_batch}")
+        check_cache_fits(model, max_batch)
+        self.model = model
+        self.max_batch = max_batch
+        self.device = model.token_embedding.weight.device
+        block_size = model.config.block_size
+        self.keep = block_size - block_size // 4  # tokens kept when a window slides (sampling.py's docstring)
+        self.cache = model.new_slot_kv_cache(max_batch)
+        self._rows: list[_Sequence] = []  # active sequences; sequence i lives in cache row i
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._condition = threading.Condition()  # guards _waiting and wakes the stepping thread
+        self._step_lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+        self.steps = 0
+        self.max_active_seen = 0
+
+    @property
+    def active(self) -> int:
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, request: GenerationRequest,
+               on_event: Optional[Callable[[TokenEvent], None]] = None) -> SequenceHandle:
+        """Queue a sequence (thread-safe); it joins a slot at the first step with one free."""
+        check_prompt(request.prompt_ids, self.model.config.vocab_size)
+        if request.max_new_tokens < 0:
+            raise UserError(f"max_new_tokens must be 0 or more, got {request.max_new_tokens}")
+        if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise UserError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {request.top_logprobs}")
+        if any(not isinstance(stop, str) or not stop for stop in request.stop):
+            raise UserError("stop strings must be non-empty text")
+        handle = SequenceHandle(len(request.prompt_ids))
+        sequence = _Sequence(request, handle, on_event, self.model.config.block_size, self.device)
+        with self._condition:
+            self._waiting.append(sequence)
+            self._condition.notify_all()
+        return handle
+
+    def step(self) -> bool:
+        """Admit waiting sequences, run one forward for all active ones and pick their next tokens.
+        False when there was nothing to do."""
+        with self._step_lock:
+            for row in reversed(range(len(self._rows))):
+                if self._rows[row].handle.cancel_requested:
+                    self._finish(row, "cancelled")
+            self._admit()
+            if not self._rows:
+                return False
+            self._decode()
+            self.steps += 1
+            return True
+
+    def run(self) -> None:
+        """Step until no sequence is active or waiting."""
+        while self.step():
+            pass
+
+    def generate(self, requests: list[GenerationRequest], progress: bool = False) -> list[SequenceResult]:
+        """Decode every request (together, `max_batch` at a time); results in request order."""
+        handles = [self.submit(request) for request in requests]
+        with tqdm(total=len(handles), desc="sequences", unit="seq", disable=not progress) as bar:
+            def update() -> None:
+                bar.update(sum(handle.done for handle in handles) - bar.n)
+            if self._thread is not None:
+                for handle in handles:
+                    handle.result()
+                    update()
+            else:
+                while self.step():
+                    update()
+            update()
+        return [handle.result() for handle in handles]
+
+    def start(self) -> None:
+        """Step on a background thread whenever there is work, until `shutdown`."""
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        """Stop the background thread; sequences not finished yet end "cancelled"."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._step_lock:
+            for sequence in self._waiting:
+                sequence.handle.cancel()
+            while self._waiting or self._rows:
+                self._admit()
+                for row in reversed(range(len(self._rows))):
+                    self._finish(row, "cancelled")
+
+    def _loop(self) -> None:
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self._stopping or self._waiting or self._rows)
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except BaseException as error:  # a failed forward (out of memory, ...) ends every sequence with it
+                self._fail_all(error)
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._step_lock, self._condition:
+            failed = self._rows + list(self._waiting)
+            self._rows, self._waiting = [], collections.deque()
+            self.cache.lengths = [0] * self.max_batch
+        for sequence in failed:
+            sequence.handle._finish(None, RuntimeError(f"generation failed: {error}"))
+
+    def _admit(self) -> None:
+        with self._condition:
+            while self._waiting and (self._waiting[0].handle.cancel_requested or len(self._rows) < self.max_batch):
+                sequence = self._waiting.popleft()
+                sequence.started = time.perf_counter()
+                self._rows.append(sequence)
+                if sequence.request.max_new_tokens == 0 or sequence.handle.cancel_requested:
+                    self._finish(len(self._rows) - 1, "cancelled" if sequence.handle.cancel_requested else "length")
+        self.max_active_seen = max(self.max_active_seen, len(self._rows))
+
+    @torch.inference_mode()
+    def _decode(self) -> None:
+        decoding, starting, decoding_tokens, starting_tokens = [], [], [], []
+        for row, sequence in enumerate(self._rows):
+            feed = sequence.feed(self.keep)
+            if 0 < sequence.cached < self.cache.max_len:
+                decoding.append(row)
+                decoding_tokens += feed
+            else:
+                starting.append((row, len(feed)))
+                starting_tokens += feed
+        tokens = decoding_tokens + starting_tokens
+        order = decoding + [row for row, _ in starting]
+        self.cache.plan(decoding, starting)
+        idx = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        hidden = self.model.hidden_states(idx, self.cache)  # (1, N, C)
+        counts = [1] * len(decoding) + [count for _, count in starting]
+        last = torch.tensor(counts, device=self.device).cumsum(0) - 1  # each row's last packed token
+        logits = self.model.lm_head(hidden[0, last].unsqueeze(1))[:, -1].float()  # (rows, V) in `order`
+        logprobs = torch.log_softmax(logits, dim=-1)
+        picked = []
+        for index, row in enumerate(order):
+            sequence = self._rows[row]
+            sequence.cached = self.cache.lengths[row]
+            picked.append(pick_next_token(logits[index], sequence.request.sampling, sequence.generator))
+        chosen = logprobs.gather(1, torch.tensor(picked, device=self.device)[:, None])[:, 0].tolist()
+        finished = []
+        for index, row in enumerate(order):
+            sequence = self._rows[row]
+            top = []
+            if sequence.request.top_logprobs:
+                values, ids = torch.topk(logprobs[index], sequence.request.top_logprobs)
+                top = list(zip(ids.tolist(), values.tolist()))
+            try:
+                reason = sequence.add(picked[index], chosen[index], top)
+            except Exception as error:  # the caller's callback failed: end its sequence, not the engine
+                sequence.handle._finish(None, error)
+                reason = "cancelled"
+            if reason is not None:
+                finished.append((row, reason))
+        for row, reason in sorted(finished, reverse=True):
+            self._finish(row, reason)
+
+    def _finish(self, row: int, reason: str) -> None:
+        """End the sequence in `row`; the last row's sequence moves into it, so busy rows stay first."""
+        sequence = self._rows[row]
+        if not sequence.handle.done:
+            sequence.handle._finish(sequence.result(reason))
+        last = len(self._rows) - 1
+        if row != last:
+            self.cache.move(last, row)
+            self._rows[row] = self._rows[last]
+        else:
+            self.cache.release(row)
+        self._rows.pop()
