@@ -1,6 +1,7 @@
 """Continue a prompt with a trained model, streaming the text as it is generated.
 
     python generate.py --prompt "Once upon a time" --temperature 0.8 --top_k 50 --top_p 0.95
+    python generate.py --prompt_file prompts.txt --num_samples 4    # every sample decoded together
     python generate.py --num_beams 5 --max_tokens 200        # the paper's greedy beam search
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import random
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -18,7 +19,10 @@ from tinystories.checkpoint import load_model
 from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.device import DEVICE_HELP, resolve_device
 from tinystories.errors import UserError, run_main
+from tinystories.engine import (Engine, GenerationRequest, as_completion, check_cache_fits, default_batch_size,
+                                sequence_seed)
 from tinystories.sampling import Completion, SamplingConfig, complete, decoding_model
+from tinystories.tokenizer import get_tokenizer
 
 
 @dataclass
@@ -33,7 +37,11 @@ class GenerateConfig:
         "help": "beam search with this many beams when above 1: deterministic, ignores --temperature, "
                 "--top_k and --top_p (the paper evaluated with 5)"})
     seed: Optional[int] = field(default=None, metadata={
-        "help": "random seed: the same seed gives the same text (None: a fresh seed, reported by --json)"})
+        "help": "random seed: the same seed gives the same text, whatever --batch_size (None: a fresh seed, "
+                "reported by --json)"})
+    batch_size: Optional[int] = field(default=None, metadata={
+        "help": "samples decoded together (None: 32 on the CPU, 256 on GPUs); each takes a KV cache of "
+                "2 x n_layer x block_size x n_embd x 4 bytes (9 MiB for the 33M model)"})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     ignore_eos: bool = field(default=False, metadata={
         "help": "keep generating after <|endoftext|> (which then appears in the text) until --max_tokens"})
@@ -41,6 +49,8 @@ class GenerateConfig:
         "help": "print one JSON document (text, token ids, tokens/s per sample) instead of streaming text"})
 
     def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
         for name in ("max_tokens", "num_samples", "num_beams"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
@@ -77,6 +87,49 @@ def write_text(text: str) -> None:
     sys.stdout.flush()
 
 
+def label(config: GenerateConfig, prompts: list[str], prompt_number: int, sample_number: int) -> str:
+    if len(prompts) * config.num_samples == 1:
+        return ""
+    return f"=== prompt {prompt_number}/{len(prompts)}, sample {sample_number}/{config.num_samples} ===\n"
+
+
+def report_speed(completion: Completion) -> None:
+    print(f"[{len(completion.token_ids)} tokens in {completion.seconds:.2f} s, "
+          f"{completion.tokens_per_second:.1f} tokens/s]", file=sys.stderr)
+
+
+def beam_completions(decoder: torch.nn.Module, prompts: list[str], config: GenerateConfig,
+                     sampling: SamplingConfig) -> Iterator[tuple[int, int, Completion]]:
+    """Beam search, one prompt at a time (its text arrives in one piece)."""
+    for prompt_number, prompt in enumerate(prompts, start=1):
+        if not config.json:
+            write_text(label(config, prompts, prompt_number, 1) + prompt)
+        completion = complete(decoder, prompt, config.max_tokens, sampling, config.num_beams,
+                              stop_at_eos=not config.ignore_eos, on_text=None if config.json else write_text)
+        yield prompt_number, 1, completion
+
+
+def sampled_completions(engine: Engine, prompts: list[str], config: GenerateConfig, sampling: SamplingConfig,
+                        seed: int) -> Iterator[tuple[int, int, Completion]]:
+    """Every sample decoded together by the engine, handed out in prompt/sample order as each is ready; a
+    lone sample streams its text as it is generated."""
+    tokenizer = get_tokenizer()
+    numbers = [(p, s) for p in range(1, len(prompts) + 1) for s in range(1, config.num_samples + 1)]
+    handles = [engine.submit(GenerationRequest(tokenizer.encode_ordinary(prompts[p - 1]), config.max_tokens, sampling,
+                                               seed=sequence_seed(seed, k), stop_at_eos=not config.ignore_eos))
+               for k, (p, _) in enumerate(numbers)]
+    for (prompt_number, sample_number), handle in zip(numbers, handles):
+        prompt = prompts[prompt_number - 1]
+        if not config.json:
+            write_text(label(config, prompts, prompt_number, sample_number) + prompt)
+            if len(handles) == 1:
+                for event in handle.events():
+                    write_text(event.text)
+            else:
+                write_text(handle.result().text)
+        yield prompt_number, sample_number, as_completion(prompt, handle.result())
+
+
 def main() -> None:
     config, sampling = parse_arguments()
     prompts = read_prompts(config)
@@ -84,22 +137,25 @@ def main() -> None:
     model, checkpoint = load_model(config.model, device)
     decoder = decoding_model(model)
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    labelled = len(prompts) * config.num_samples > 1
     completions: list[tuple[int, int, Completion]] = []
-    for prompt_number, prompt in enumerate(prompts, start=1):
-        for sample_number in range(1, config.num_samples + 1):
-            if not config.json:
-                if labelled:
-                    write_text(f"=== prompt {prompt_number}/{len(prompts)}, sample {sample_number}/{config.num_samples} ===\n")
-                write_text(prompt)
-            completion = complete(decoder, prompt, config.max_tokens, sampling, config.num_beams, generator,
-                                  stop_at_eos=not config.ignore_eos, on_text=None if config.json else write_text)
+    engine = None
+    if config.num_beams > 1:
+        results = beam_completions(decoder, prompts, config, sampling)
+    else:
+        batch_size = config.batch_size or default_batch_size(device)
+        check_cache_fits(decoder, batch_size)
+        engine = Engine(decoder, max_batch=min(batch_size, len(prompts) * config.num_samples))
+        engine.start()
+        results = sampled_completions(engine, prompts, config, sampling, seed)
+    try:
+        for prompt_number, sample_number, completion in results:
             completions.append((prompt_number, sample_number, completion))
             if not config.json:
                 write_text("\n")
-                print(f"[{len(completion.token_ids)} tokens in {completion.seconds:.2f} s, "
-                      f"{completion.tokens_per_second:.1f} tokens/s]", file=sys.stderr)
+                report_speed(completion)
+    finally:
+        if engine is not None:
+            engine.shutdown()
     if config.json:
         document = {
             "model": config.model, "step": checkpoint.get("step"), "seed": seed, "device": str(device),

@@ -19,7 +19,9 @@ TINY_BENCH = ["--device", "cpu", "--preset", "tiny", "--batch_size", "2", "--seq
 CONTENDERS = {
     "training": ["ours, eager", "HF GPT2LMHeadModel", "MFU, ours, eager", "MFU, HF GPT2LMHeadModel"],
     "evaluation": ["ours", "HF GPT2LMHeadModel"],
-    "generation": ["ours, sample_tokens", "HF generate", "ours, weight products only", "bandwidth bound"],
+    "generation": ["ours, sample_tokens", "HF generate", "ours, engine, 1 seq", "HF generate, 1 seq",
+                   "ours, engine, 8 seq", "HF generate, 8 seq", "ours, engine, 32 seq", "HF generate, 32 seq",
+                   "ours, weight products only", "bandwidth bound"],
     "data": ["ours, tokenize_stories", "bare tiktoken encode_ordinary_batch"],
     "hardware": ["peak matmul (float32)", "read bandwidth"],
 }
@@ -40,9 +42,12 @@ def test_bench_runs_every_contender_and_reports_table_and_json(tmp_path):
         assert len(figure["samples"]) == REPEATS and all(sample > 0 for sample in figure["samples"]), figure
         assert figure["min"] <= figure["median"] <= figure["max"]
     ratios = {(f["section"], f["name"]): f["ratios"] for f in report["figures"] if f["ratios"]}
+    engines = {("generation", f"ours, engine, {batch} seq") for batch in (1, 8, 32)}
     assert set(ratios) == {("training", "ours, eager"), ("evaluation", "ours"), ("generation", "ours, sample_tokens"),
-                           ("generation", "ours, weight products only"), ("data", "ours, tokenize_stories")}
+                           ("generation", "ours, weight products only"), ("data", "ours, tokenize_stories")} | engines
     assert set(ratios[("generation", "ours, sample_tokens")]) == {"HF", "bound"}
+    assert set(ratios[("generation", "ours, engine, 1 seq")]) == {"HF", "sample_tokens"}
+    assert set(ratios[("generation", "ours, engine, 32 seq")]) == {"HF", "ours at 1 seq"}
     table = result.stdout.splitlines()
     for section, figures in CONTENDERS.items():
         for name in figures:

@@ -245,7 +245,9 @@ def test_cache_size_is_computed_and_refused_when_it_cannot_fit(nano):
         check_cache_fits(nano, 2**40)
 
 
-def test_sequence_seed_rule():
-    assert sequence_seed(7, 0) == 7 and sequence_seed(7, 3) == 7 + 3 * 2**32
-    assert sequence_seed(-1, 0) == 2**64 - 1  # torch generators take seeds in [0, 2**64)
+def test_sequence_seed_rule_gives_different_streams():
+    assert sequence_seed(7, 0) == 7 and sequence_seed(7, 3) == (7 + 3 * 2654435769) % 2**32
+    assert sequence_seed(-1, 0) == 2**32 - 1
     assert len({sequence_seed(seed, k) for seed in range(50) for k in range(50)}) == 2500
+    draws = [torch.rand(4, generator=torch.Generator().manual_seed(sequence_seed(3, k))) for k in range(20)]
+    assert len({tuple(draw.tolist()) for draw in draws}) == 20  # a generator reads only 32 bits of its seed

@@ -101,6 +101,7 @@ def test_beam_search_and_windows_longer_than_the_block(checkpoint, monkeypatch, 
     (["--num_beams", "2", "--num_samples", "2"], "--num_samples"),
     (["--prompt_file", "no_such_prompts.txt"], "not found"),
     (["--temperature", "hot"], "expected float"),
+    (["--batch_size", "0"], "--batch_size"),
 ])
 def test_bad_arguments_are_one_line_errors(checkpoint, monkeypatch, capsys, args, message):
     status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), *args)
@@ -114,3 +115,36 @@ def test_missing_or_corrupt_model_is_a_one_line_error(checkpoint, tmp_path, monk
     for path, message in [(tmp_path / "missing.pth", "not found"), (corrupt, "could not be read")]:
         status, _, err = run(monkeypatch, capsys, "--model", str(path))
         assert status == 2 and len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_batch_size_does_not_change_the_text(checkpoint, tmp_path, monkeypatch, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\nLily saw a big dog\nTom ran\n")
+
+    def samples(*args):
+        status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--prompt_file", str(prompts),
+                               "--num_samples", "2", "--max_tokens", "12", "--seed", "5", *args)
+        assert status == 0, err
+        return out
+
+    together = samples("--json", "true")
+    one_at_a_time = samples("--json", "true", "--batch_size", "1")
+    documents = [json.loads(out)["samples"] for out in (together, one_at_a_time, samples("--json", "true",
+                                                                                        "--batch_size", "4"))]
+    ids = [[sample["token_ids"] for sample in document] for document in documents]
+    assert ids[0] == ids[1] == ids[2] and len({tuple(i) for i in ids[0]}) == 6  # six different samples
+    # Sample k is seeded sequence_seed(5, k): the first keeps the run's seed, as a lone sample does.
+    alone = json.loads(run(monkeypatch, capsys, "--model", str(checkpoint), "--max_tokens", "12", "--seed", "5",
+                           "--json", "true")[1])["samples"][0]["token_ids"]
+    assert alone == ids[0][0]
+    text = samples("--batch_size", "3")
+    assert text == samples()
+    for document in documents[0]:
+        assert f"=== prompt {document['prompt_number']}/3, sample {document['sample']}/2 ===\n" \
+               f"{document['prompt']}{document['text']}\n" in text
+
+
+def test_a_batch_whose_cache_cannot_fit_is_refused(checkpoint, monkeypatch, capsys):
+    status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--batch_size", str(10**9))
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "--batch_size" in err and "GiB" in err

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from model.model import Config, Model, preset
 from tinystories.device import DEVICE_HELP, DTYPE_CHOICES, autocast, resolve_device, resolve_dtype
 from tinystories.errors import UserError
+from tinystories.engine import Engine, GenerationRequest, sequence_seed
 from tinystories.sampling import SamplingConfig, decoding_model, sample_tokens
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 from tinystories.training import TrainConfig, flops_per_token, make_optimizer, peak_flops
@@ -53,7 +54,8 @@ class BenchConfig:
     repeats: int = field(default=5, metadata={"help": "interleaved rounds per measurement; figures are their median"})
     steps: Optional[int] = field(default=None, metadata={
         "help": "training steps or evaluation batches timed per round (None: 1 on the CPU, 10 on GPUs)"})
-    new_tokens: int = field(default=256, metadata={"help": "tokens generated per round, batch 1, EOS ignored"})
+    new_tokens: int = field(default=256, metadata={
+        "help": "tokens generated per sequence and round, EOS ignored (batches of 1, 8 and 32 sequences)"})
     dtype: str = field(default="auto", metadata={
         "choices": DTYPE_CHOICES, "help": "training and evaluation precision (auto: bfloat16 autocast on GPUs, "
                                           "float32 on the CPU); generation runs in float32 as generate.py does"})
@@ -346,17 +348,78 @@ def generation_figures(settings: Settings, rounds: int, seed: int, new_tokens: i
         output = hf.generate(prompt_tensor, generation_config=hf_config, attention_mask=torch.ones_like(prompt_tensor))
         assert output.shape[1] == len(prompt) + new_tokens, f"HF generated {output.shape[1] - len(prompt)} tokens"
 
+    batched = batched_generation(decoder, hf, hf_config, settings, seed, new_tokens)
     rates, _ = interleave([Contender(OURS_GENERATE, ours, new_tokens), Contender("HF generate", hf_generate, new_tokens),
-                           Contender(PRODUCTS, weight_products(decoder), 1), read_bandwidth(settings.device)],
+                           *batched, Contender(PRODUCTS, weight_products(decoder), 1), read_bandwidth(settings.device)],
                           rounds, settings.device, "generation")
     bandwidth = rates.pop(BANDWIDTH)
     rates[BOUND] = [rate / weight_bytes_per_token(model) for rate in bandwidth]
     medians = {name: statistics.median(samples) for name, samples in rates.items()}
     ratios = {OURS_GENERATE: {"HF": medians[OURS_GENERATE] / medians["HF generate"],
                               "bound": medians[OURS_GENERATE] / medians[BOUND]},
-              PRODUCTS: {"bound": medians[PRODUCTS] / medians[BOUND]}}
+              PRODUCTS: {"bound": medians[PRODUCTS] / medians[BOUND]},
+              **batched_ratios(medians)}
     return [Figure("generation", name, "tokens/s", samples, ratios.get(name, {})) for name, samples in rates.items()] + \
         [Figure("hardware", BANDWIDTH, "GB/s", [rate / 1e9 for rate in bandwidth])]
+
+
+GENERATION_BATCHES = (1, 8, 32)
+BATCH_PROMPT = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park with "
+                "her big red ball. One day, she saw a small dog under a tree, and the dog looked sad.")
+
+
+def engine_name(batch: int) -> str:
+    return f"ours, engine, {batch} seq"
+
+
+def hf_batch_name(batch: int) -> str:
+    return f"HF generate, {batch} seq"
+
+
+def batched_prompts(count: int, longest: int) -> list[list[int]]:
+    """`count` prompts of 4 to `longest` tokens (the start of one story), lengths spread over that range."""
+    ids = get_tokenizer().encode_ordinary(BATCH_PROMPT)[:longest]
+    return [ids[:4 + (number * 7) % (len(ids) - 3)] for number in range(count)]
+
+
+def batched_generation(decoder: Model, hf: torch.nn.Module, hf_config: Any, settings: Settings, seed: int,
+                       new_tokens: int) -> list[Contender]:
+    """Aggregate tokens/s of decoding 1, 8 and 32 sequences together from prompts of different lengths: our
+    engine against Hugging Face's batched generate (prompts left-padded), the same sampling settings."""
+    longest = min(32, settings.model_config.block_size - new_tokens)
+    contenders = []
+    for batch in GENERATION_BATCHES:
+        prompts = batched_prompts(batch, longest)
+        requests = [GenerationRequest(prompt, new_tokens, SamplingConfig(), seed=sequence_seed(seed, number),
+                                      stop_at_eos=False) for number, prompt in enumerate(prompts)]
+        engine = Engine(decoder, max_batch=batch)
+        width = max(len(prompt) for prompt in prompts)
+        padded = torch.tensor([[EOT_ID] * (width - len(p)) + p for p in prompts], device=settings.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=settings.device)
+
+        def ours(engine: Engine = engine, requests: list[GenerationRequest] = requests) -> None:
+            counts = [len(result.token_ids) for result in engine.generate(requests)]
+            assert counts == [new_tokens] * len(requests), f"ours generated {counts} tokens"
+
+        @torch.inference_mode()
+        def theirs(padded: torch.Tensor = padded, mask: torch.Tensor = mask) -> None:
+            output = hf.generate(padded, attention_mask=mask, generation_config=hf_config)
+            assert output.shape == (padded.shape[0], padded.shape[1] + new_tokens), f"HF gave {tuple(output.shape)}"
+
+        contenders += [Contender(engine_name(batch), ours, batch * new_tokens),
+                       Contender(hf_batch_name(batch), theirs, batch * new_tokens)]
+    return contenders
+
+
+def batched_ratios(medians: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each engine row against Hugging Face at the same batch and against our own single sequence; the
+    engine's single sequence also against sample_tokens (the path generate.py took before the engine)."""
+    single = medians[engine_name(1)]
+    ratios = {engine_name(batch): {"HF": medians[engine_name(batch)] / medians[hf_batch_name(batch)],
+                                   "ours at 1 seq": medians[engine_name(batch)] / single}
+              for batch in GENERATION_BATCHES}
+    ratios[engine_name(1)] = {"HF": ratios[engine_name(1)]["HF"], "sample_tokens": single / medians[OURS_GENERATE]}
+    return ratios
 
 
 def benchmark_stories(config: BenchConfig) -> list[str]:

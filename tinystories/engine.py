@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from model.model import Config, Model
 from tinystories.errors import UserError
-from tinystories.sampling import SamplingConfig, Utf8Stream, check_prompt, pick_next_token
-from tinystories.tokenizer import EOT_ID
+from tinystories.sampling import Completion, SamplingConfig, Utf8Stream, check_prompt, pick_next_token
+from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 MAX_TOP_LOGPROBS = 5
 
@@ -64,10 +64,19 @@ class SequenceResult:
     seconds: float = 0.0  # from joining a slot to finishing
 
 
+SEED_STEP = 0x9E3779B9  # 2**32 / golden ratio: odd, so 2**32 consecutive sequences get distinct seeds
+
+
 def sequence_seed(run_seed: int, sequence_number: int) -> int:
     """The seed of sequence number k (0-based, in prompt/sample order) of a run seeded with `run_seed`:
-    (run_seed + k * 2**32) mod 2**64. Sequence 0 keeps the run's seed, so a single sample reads as before."""
-    return (run_seed + sequence_number * 2**32) % 2**64
+    (run_seed + k * 2654435769) mod 2**32 (the CPU generator reads 32 bits of a seed). Sequence 0 keeps the
+    run's seed, so a single sample reads as it did before batching."""
+    return (run_seed + sequence_number * SEED_STEP) % 2**32
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Sequences decoded together when --batch_size is not given: GPUs need many rows to be busy."""
+    return 256 if device.type == "cuda" else 32
 
 
 def kv_cache_bytes(config: Config, slots: int, dtype: torch.dtype = torch.float32) -> int:
@@ -418,3 +427,21 @@ class Engine:
         else:
             self.cache.release(row)
         self._rows.pop()
+
+
+def as_completion(prompt: str, result: SequenceResult) -> Completion:
+    """The engine's result in the shape `complete` returns."""
+    ended_with_eos = bool(result.token_ids) and result.token_ids[-1] == EOT_ID and result.finish_reason == "stop"
+    return Completion(prompt, result.text, result.token_ids, ended_with_eos, result.seconds)
+
+
+def complete_all(model: Model, prompts: list[str], max_new_tokens: int, sampling: SamplingConfig, run_seed: int,
+                 batch_size: int, stop_at_eos: bool = True, progress: bool = False) -> list[Completion]:
+    """Continue every prompt, `batch_size` at a time; prompt k's generator is seeded sequence_seed(run_seed, k)."""
+    tokenizer = get_tokenizer()
+    requests = [GenerationRequest(tokenizer.encode_ordinary(prompt), max_new_tokens, sampling,
+                                  seed=sequence_seed(run_seed, number), stop_at_eos=stop_at_eos)
+                for number, prompt in enumerate(prompts)]
+    check_cache_fits(model, batch_size)
+    engine = Engine(model, max_batch=max(1, min(batch_size, len(requests))))
+    return [as_completion(prompt, result) for prompt, result in zip(prompts, engine.generate(requests, progress))]
