@@ -10,7 +10,7 @@ from model.model import Model, preset
 from tinystories.errors import UserError
 from tinystories.hf import to_hf
 from tinystories.sampling import (SamplingConfig, Utf8Stream, beam_search, complete, decoding_model,
-                                  next_token_distribution, pick_next_token, sample_tokens)
+                                  next_token_distribution, pick_next_token, pick_next_tokens, sample_tokens)
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 PROMPT = [7454, 2402, 257, 640]  # "Once upon a time"
@@ -115,6 +115,20 @@ def test_draws_follow_the_filtered_distribution():
     for token, probability in {1: 4 / 7, 3: 2 / 7, 0: 1 / 7}.items():
         assert abs(draws.count(token) / len(draws) - probability) < 0.03
     assert pick_next_token(logits, GREEDY, None) == 1
+
+
+def test_picking_for_many_rows_at_once_equals_row_by_row():
+    logits = torch.randn(40, 1000, generator=torch.Generator().manual_seed(2)) * 3
+    logits[5, :10] = logits[5].max() + 1  # ten tokens tied first
+    settings = [SamplingConfig(), GREEDY, SamplingConfig(1.3, 0, 0.5), SamplingConfig(0.7, 10, 1.0),
+                SamplingConfig(temperature=1.0, top_k=1000)]
+    samplings = [settings[row % len(settings)] for row in range(40)]
+    for seed in range(5):
+        together = pick_next_tokens(logits, samplings, [torch.Generator().manual_seed(seed + r) for r in range(40)])
+        alone = [pick_next_token(logits[row], samplings[row], torch.Generator().manual_seed(seed + row))
+                 for row in range(40)]
+        assert together == alone
+    assert len(set(together)) > 20
 
 
 def test_same_seed_gives_the_same_tokens(model):

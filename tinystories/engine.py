@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from model.model import Config, Model
 from tinystories.errors import UserError
-from tinystories.sampling import Completion, SamplingConfig, Utf8Stream, check_prompt, pick_next_token
+from tinystories.sampling import Completion, SamplingConfig, Utf8Stream, check_prompt, pick_next_tokens
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 MAX_TOP_LOGPROBS = 5
@@ -392,11 +392,10 @@ class Engine:
         last = torch.tensor(counts, device=self.device).cumsum(0) - 1  # each row's last packed token
         logits = self.model.lm_head(hidden[0, last].unsqueeze(1))[:, -1].float()  # (rows, V) in `order`
         logprobs = torch.log_softmax(logits, dim=-1)
-        picked = []
-        for index, row in enumerate(order):
-            sequence = self._rows[row]
+        sequences = [self._rows[row] for row in order]
+        for row, sequence in zip(order, sequences):
             sequence.cached = self.cache.lengths[row]
-            picked.append(pick_next_token(logits[index], sequence.request.sampling, sequence.generator))
+        picked = pick_next_tokens(logits, [s.request.sampling for s in sequences], [s.generator for s in sequences])
         chosen = logprobs.gather(1, torch.tensor(picked, device=self.device)[:, None])[:, 0].tolist()
         finished = []
         for index, row in enumerate(order):

@@ -57,6 +57,11 @@ def next_token_distribution(logits: torch.Tensor, sampling: SamplingConfig) -> t
         ids = torch.nonzero(scores >= kth_best).squeeze(1)
     else:
         ids = torch.arange(scores.numel(), device=scores.device)
+    return _nucleus(scores, ids, sampling)
+
+
+def _nucleus(scores: torch.Tensor, ids: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distribution over candidates `ids` (ascending) of the scores (V,): sorted, softmax, then top-p."""
     sorted_scores, order = scores[ids].sort(descending=True)
     ids = ids[order]
     probabilities = torch.softmax(sorted_scores, dim=0)
@@ -74,6 +79,32 @@ def pick_next_token(logits: torch.Tensor, sampling: SamplingConfig, generator: O
         return int(logits.argmax())
     ids, probabilities = next_token_distribution(logits, sampling)
     return int(ids[torch.multinomial(probabilities, 1, generator=generator)])
+
+
+def pick_next_tokens(logits: torch.Tensor, samplings: list[SamplingConfig],
+                     generators: list[Optional[torch.Generator]]) -> list[int]:
+    """pick_next_token for each row of logits (B, V), with its own settings and generator: the same tokens,
+    but the work over the whole vocabulary (argmax, top-k) is done for all rows in one call each."""
+    tokens: list[Optional[int]] = [None] * len(samplings)
+    greedy = [row for row, sampling in enumerate(samplings) if sampling.temperature == 0.0]
+    if greedy:
+        for row, token in zip(greedy, logits[greedy].argmax(dim=1).tolist()):
+            tokens[row] = token
+    vocab_size = logits.shape[1]
+    for top_k in {s.top_k for s in samplings if s.temperature > 0 and 0 < s.top_k < vocab_size}:
+        rows = [row for row, s in enumerate(samplings) if s.temperature > 0 and s.top_k == top_k]
+        temperatures = torch.tensor([samplings[row].temperature for row in rows], device=logits.device)
+        scores = logits[rows].float() / temperatures[:, None]
+        kth_best = torch.topk(scores, top_k, dim=1, sorted=False).values.min(dim=1).values
+        kept = scores >= kth_best[:, None]
+        candidates = torch.nonzero(kept)[:, 1].split(kept.sum(dim=1).tolist())  # ascending ids per row
+        for index, row in enumerate(rows):
+            ids, probabilities = _nucleus(scores[index], candidates[index], samplings[row])
+            tokens[row] = int(ids[torch.multinomial(probabilities, 1, generator=generators[row])])
+    for row, token in enumerate(tokens):
+        if token is None:  # top-k disabled: the whole vocabulary is sorted, row by row
+            tokens[row] = pick_next_token(logits[row], samplings[row], generators[row])
+    return tokens
 
 
 class _PackedLinear(nn.Module):
