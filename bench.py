@@ -7,21 +7,19 @@ Prints one table and writes the JSON report (device, versions, settings, every r
 """
 from __future__ import annotations
 
-import json
 import sys
 
 from tinystories.benchmark import BenchConfig, format_table, run_benchmark
 from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.errors import run_main
-from tinystories.files import atomic_write
+from tinystories.files import write_json
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     [config] = parse_dataclasses(parser, [(BenchConfig, "benchmark")], argv)
     report = run_benchmark(config)
-    document = json.dumps(report, indent=2) + "\n"
-    atomic_write(config.json, lambda file: file.write(document.encode("utf-8")))
+    write_json(config.json, report)
     print(f"{report['device_name']}; torch {report['torch']}, transformers {report['transformers']}, "
           f"tiktoken {report['tiktoken']}; {report['seconds']} s")
     print(format_table(report))

@@ -6,7 +6,6 @@ completions of the split's first sentences (definitions in tinystories/evaluatio
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,15 +14,17 @@ from typing import Any, Optional
 import torch
 
 from tinystories.checkpoint import load_model
+from tinystories.checks import require_at_least
 from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.data import load_tokens, read_stories
 from tinystories.data.pipeline import encode_stories
-from tinystories.device import DEVICE_HELP, resolve_device
 from tinystories.engine import complete_all, default_batch_size
 from tinystories.errors import UserError, run_main
 from tinystories.evaluation import (ConcatenatedTokens, Tokens, count_stories, first_sentence, first_stories,
                                    generation_quality, story_texts, stream_loss)
-from tinystories.files import atomic_write, ensure_folder
+from tinystories.files import atomic_write, ensure_folder, write_json
+from tinystories.hardware import DEVICE_HELP, resolve_device
+from tinystories.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL
 from tinystories.sampling import Completion, SamplingConfig, decoding_model
 from tinystories.tokenizer import get_tokenizer
 
@@ -32,12 +33,12 @@ SPLITS = ["train", "validation", "test", "all"]
 
 @dataclass
 class EvaluateConfig:
-    model: str = field(default="results/checkpoints/best_model.pth", metadata={"help": "checkpoint to evaluate"})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "checkpoint to evaluate"})
     split: str = field(default="validation", metadata={
         "choices": SPLITS,
         "help": "train, validation (held out from the training stories), test (the Hub's own validation "
                 "split) or all (train then validation)"})
-    data_dir: str = field(default="data/tinystories", metadata={
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={
         "metavar": "DIR", "help": "prepared token files (python prepare.py)"})
     data_path: Optional[str] = field(default=None, metadata={
         "metavar": "FILES", "help": "evaluate these story files instead of a split: files, folders or globs, "
@@ -55,13 +56,8 @@ class EvaluateConfig:
         "help": "completions decoded together (with --generate; None: 32 on the CPU, 256 on GPUs)"})
 
     def __post_init__(self) -> None:
-        if self.generate_batch_size is not None and self.generate_batch_size < 1:
-            raise UserError(f"--generate_batch_size must be at least 1, got {self.generate_batch_size}")
-        for name, minimum in (("batch_size", 1), ("max_tokens", 1), ("generate", 0)):
-            if getattr(self, name) < minimum:
-                raise UserError(f"--{name} must be at least {minimum}, got {getattr(self, name)}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise UserError(f"--max_samples must be at least 1, got {self.max_samples}")
+        require_at_least(self, ("batch_size", "max_tokens", "max_samples", "generate_batch_size"))
+        require_at_least(self, ("generate",), minimum=0)
         if self.split not in SPLITS:
             raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
 
@@ -162,8 +158,7 @@ def main() -> None:
             **generation_quality([c.text for c in completions], [len(c.token_ids) for c in completions],
                                  [c.ended_with_eos for c in completions]),
         }
-    document = json.dumps(report, indent=2) + "\n"
-    atomic_write(output, lambda file: file.write(document.encode("utf-8")))
+    write_json(output, report)
     print(summary(report))
     print(f"wrote {' and '.join(str(path) for path in written)}")
 

@@ -16,11 +16,13 @@ from typing import Iterator, Optional
 import torch
 
 from tinystories.checkpoint import load_model
+from tinystories.checks import require_at_least
 from tinystories.cli import ArgumentParser, parse_dataclasses
-from tinystories.device import DEVICE_HELP, resolve_device
-from tinystories.errors import UserError, run_main
 from tinystories.engine import (Engine, GenerationRequest, as_completion, check_cache_fits, default_batch_size,
                                 sequence_seed)
+from tinystories.errors import UserError, run_main
+from tinystories.hardware import DEVICE_HELP, resolve_device
+from tinystories.paths import DEFAULT_MODEL
 from tinystories.sampling import Completion, SamplingConfig, complete, decoding_model
 from tinystories.tokenizer import get_tokenizer
 
@@ -30,7 +32,7 @@ class GenerateConfig:
     prompt: str = field(default="Once upon a time", metadata={"help": "the text to continue"})
     prompt_file: Optional[str] = field(default=None, metadata={
         "metavar": "FILE", "help": "continue every line of FILE instead of --prompt (blank lines are skipped)"})
-    model: str = field(default="results/checkpoints/best_model.pth", metadata={"help": "checkpoint to load"})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "checkpoint to load"})
     max_tokens: int = field(default=256, metadata={"help": "new tokens per sample, at most"})
     num_samples: int = field(default=1, metadata={"help": "samples per prompt"})
     num_beams: int = field(default=1, metadata={
@@ -49,11 +51,7 @@ class GenerateConfig:
         "help": "print one JSON document (text, token ids, tokens/s per sample) instead of streaming text"})
 
     def __post_init__(self) -> None:
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
-        for name in ("max_tokens", "num_samples", "num_beams"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        require_at_least(self, ("batch_size", "max_tokens", "num_samples", "num_beams"))
         if self.num_beams > 1 and self.num_samples > 1:
             raise UserError("beam search is deterministic: --num_samples must be 1 with --num_beams above 1")
         if self.prompt_file is None and not self.prompt:

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import Any
 
-from tinystories.cli import ArgumentParser, add_dataclass_arguments, explicit_values, load_config_file, merge_dataclass
+from tinystories.cli import ArgumentParser, add_dataclass_arguments, checked_settings, explicit_values, load_config_file
 from tinystories.data import DataConfig
 from tinystories.errors import UserError, run_main
+from tinystories.run_state import SPLIT_SEED  # --seed is training's; the split's seed (prepare.py's --seed) is this
 from tinystories.training import TrainConfig, Trainer, train  # noqa: F401  (the seed's train(...) entry point)
-
-# --seed is training's (initialisation, data order, dropout); the split's seed (prepare.py's --seed) is
-# --split_seed here, and `split_seed` in a --config file.
-SPLIT_SEED = "split_seed"
 
 
 def _data_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -39,16 +37,18 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[TrainConfig, DataCon
     if unknown:
         raise UserError(f"config file {namespace.config}: unknown setting(s) {', '.join(unknown)}")
     source = f"config file {namespace.config}"
-    train_config = merge_dataclass(TrainConfig(), {k: v for k, v in file_settings.items() if k in train_names}, source)
-    data_config = merge_dataclass(DataConfig(), _data_settings(file_settings), source)
-    train_config = merge_dataclass(train_config, explicit_values(TrainConfig, namespace), "command line")
-    data_config = merge_dataclass(data_config, _data_settings(vars(namespace)), "command line")
-    return train_config, data_config
+    train_settings = {**checked_settings(TrainConfig, {k: v for k, v in file_settings.items() if k in train_names}, source),
+                      **checked_settings(TrainConfig, explicit_values(TrainConfig, namespace), "command line")}
+    data_settings = {**checked_settings(DataConfig, _data_settings(file_settings), source),
+                     **checked_settings(DataConfig, _data_settings(vars(namespace)), "command line")}
+    return TrainConfig(**train_settings), DataConfig(**data_settings)
 
 
 def main() -> None:
     train_config, data_config = parse_arguments()
-    Trainer(train_config, data_config).run()
+    summary = Trainer(train_config, data_config).run()
+    if summary["stopped_by_signal"] is not None:  # the status a shell reports for a process that signal ended
+        sys.exit(128 + summary["stopped_by_signal"])
 
 
 if __name__ == "__main__":

@@ -361,9 +361,3 @@ class Model(nn.Module):
         weight = self.token_embedding.weight
         return SlotKVCache(self.config, slots, device=weight.device, dtype=weight.dtype)
 
-    @classmethod
-    def from_checkpoint(cls, path: str, device: str | torch.device = "cpu") -> "Model":
-        """Load a `.pth` checkpoint written by this project (see tinystories.checkpoint)."""
-        from tinystories.checkpoint import load_model  # the library owns file formats; the network does not
-
-        return load_model(path, device=device)[0]

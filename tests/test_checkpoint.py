@@ -20,7 +20,6 @@ def test_round_trip_gives_identical_model(tmp_path):
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     assert loaded.lm_head.weight is loaded.token_embedding.weight
-    assert torch.equal(Model.from_checkpoint(str(path)).lm_head.weight, model.lm_head.weight)
 
 
 def test_plain_torch_save_with_asdict_config_loads(tmp_path):

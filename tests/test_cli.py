@@ -65,8 +65,8 @@ def test_bad_config_files_are_user_errors(tmp_path):
 
 
 def test_bad_flag_value_exits_2_with_one_line():
-    code = ("import sys; sys.path.insert(0, '.');"
-            "from tests.test_cli import parse; parse(['--batch_size', 'many'])")
+    code = ("import sys; sys.path.insert(0, '.'); from tinystories.errors import run_main;"
+            "from tests.test_cli import parse; run_main(lambda: parse(['--batch_size', 'many']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 2

@@ -1,9 +1,11 @@
-"""tinystories/files.py: atomic writes keep the previous file on failure and give ordinary permissions."""
+"""tinystories/files.py: atomic writes keep the previous file on failure and give ordinary permissions; a killed
+save's temporaries are found by name; JSON is written atomically."""
+import json
 import os
 
 import pytest
 
-from tinystories.files import atomic_write
+from tinystories.files import atomic_write, remove_stale_temporaries, write_json
 
 
 def test_failed_atomic_write_keeps_the_previous_file(tmp_path):
@@ -27,3 +29,19 @@ def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_stale_temporaries_of_named_targets_only_are_removed(tmp_path):
+    ours = [tmp_path / ".checkpoint.pth.k2j4_x9a.tmp", tmp_path / ".training_20260101_120000.log.abcd1234.tmp"]
+    foreign = [tmp_path / ".notes.txt.abcd1234.tmp", tmp_path / "checkpoint.pth", tmp_path / "run.tmp"]
+    for path in ours + foreign:
+        path.write_bytes(b"x")
+    removed = remove_stale_temporaries(tmp_path, ["checkpoint.pth", "training_*.log"])
+    assert sorted(removed) == sorted(ours)
+    assert sorted(tmp_path.iterdir()) == sorted(foreign)
+
+
+def test_json_is_written_indented_with_a_final_newline(tmp_path):
+    write_json(tmp_path / "report.json", {"a": [1, 2]})
+    text = (tmp_path / "report.json").read_text()
+    assert json.loads(text) == {"a": [1, 2]} and text.endswith("}\n") and '\n  "a"' in text

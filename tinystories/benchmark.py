@@ -14,7 +14,6 @@ import importlib.metadata
 import importlib.util
 import itertools
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -24,13 +23,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.model import Config, Model, preset
-from tinystories.device import DEVICE_HELP, DTYPE_CHOICES, autocast, resolve_device, resolve_dtype
-from tinystories.errors import UserError
+from model.model import Config, Model
+from tinystories.checks import PRESET_HELP, preset_config, require_at_least
 from tinystories.engine import Engine, GenerationRequest, sequence_seed
+from tinystories.errors import UserError
+from tinystories.hardware import (COMPILE_CHOICES, DEVICE_HELP, DTYPE_CHOICES, autocast, device_name, enable_tf32,
+                                  flops_per_token, peak_flops, resolve_device, resolve_dtype, should_compile)
 from tinystories.sampling import SamplingConfig, decoding_model, sample_tokens
 from tinystories.tokenizer import EOT_ID, get_tokenizer
-from tinystories.training import TrainConfig, flops_per_token, make_optimizer, peak_flops
+from tinystories.training import TrainConfig, make_optimizer
 
 SECTIONS = ("training", "evaluation", "generation", "data")
 PROMPT = "Once upon a time"
@@ -46,7 +47,7 @@ BANDWIDTH = "read bandwidth"
 @dataclass
 class BenchConfig:
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
-    preset: str = field(default="33M", metadata={"help": "model preset: 33M (the seed's), small, tiny, nano"})
+    preset: str = field(default="33M", metadata={"help": PRESET_HELP})
     batch_size: Optional[int] = field(default=None, metadata={
         "help": "sequences per training and evaluation batch (None: 2 on the CPU, 32 on GPUs)"})
     seq_len: Optional[int] = field(default=None, metadata={
@@ -60,7 +61,7 @@ class BenchConfig:
         "choices": DTYPE_CHOICES, "help": "training and evaluation precision (auto: bfloat16 autocast on GPUs, "
                                           "float32 on the CPU); generation runs in float32 as generate.py does"})
     compile: str = field(default="auto", metadata={
-        "choices": ["auto", "true", "false"],
+        "choices": COMPILE_CHOICES,
         "help": "also time a torch.compile'd copy of our model in training (auto: on CUDA only; "
                 "compiling for the CPU takes minutes)"})
     data_path: Optional[str] = field(default=None, metadata={
@@ -75,12 +76,8 @@ class BenchConfig:
     json: str = field(default="results/bench.json", metadata={"metavar": "PATH", "help": "where the JSON report goes"})
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "seq_len", "steps", "num_workers"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("repeats", "new_tokens", "data_stories"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        require_at_least(self, ("batch_size", "seq_len", "steps", "num_workers", "repeats", "new_tokens",
+                                "data_stories"))
         unknown = sorted(set(self.section_list) - set(SECTIONS))
         if unknown or not self.section_list:
             raise UserError(f"--sections must name some of {', '.join(SECTIONS)}; got {self.sections!r}")
@@ -110,10 +107,7 @@ class Settings:
 
 def resolve_settings(config: BenchConfig) -> Settings:
     device = resolve_device(config.device)
-    try:
-        model_config = preset(config.preset)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    model_config = preset_config(config.preset)
     seq_len = config.seq_len or model_config.block_size
     if seq_len > model_config.block_size:
         raise UserError(f"--seq_len {seq_len} exceeds the {config.preset} preset's block_size {model_config.block_size}")
@@ -129,7 +123,7 @@ def resolve_settings(config: BenchConfig) -> Settings:
     return Settings(device=device, dtype=resolve_dtype(config.dtype, device), model_config=model_config,
                     batch_size=config.batch_size or (32 if on_gpu else 2), seq_len=seq_len,
                     steps=config.steps or (10 if on_gpu else 1),
-                    compile=config.compile == "true" or (config.compile == "auto" and on_gpu),
+                    compile=should_compile(config.compile, device),
                     num_workers=config.num_workers or os.cpu_count() or 1)
 
 
@@ -458,18 +452,6 @@ def data_figures(config: BenchConfig, settings: Settings, rounds: int) -> list[F
     return compared("data", "MB/s", rates, bare_name, "tiktoken")
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    processor = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            processor = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{processor}, {torch.get_num_threads()} threads"
-
-
 def package_version(name: str) -> Optional[str]:
     try:
         return importlib.metadata.version(name)
@@ -482,9 +464,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     started = time.perf_counter()
     settings = resolve_settings(config)
     sections = config.section_list
-    if settings.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    enable_tf32(settings.device)
     report: dict[str, Any] = {
         "device": str(settings.device), "device_name": device_name(settings.device), "torch": torch.__version__,
         **{package: package_version(package) for package in ("transformers", "tiktoken")},

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from model.model import Config, Model
-from tinystories.errors import UserError
+from tinystories.errors import UserError, first_line
 from tinystories.files import atomic_write
 
 
@@ -38,7 +38,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         if "weights_only" in reason:  # torch's advice to load unsafely is wrong for a corrupt file
             reason = "it holds something other than tensors and plain values, which are never loaded, for safety"
         raise UserError(f"checkpoint {path} could not be read (truncated, corrupt or not a checkpoint): {reason}") from None
@@ -72,6 +72,5 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise UserError(f"{path}: weights do not match its config: {first_line}") from None
+        raise UserError(f"{path}: weights do not match its config: {first_line(error)}") from None
     return model.to(device).eval(), checkpoint

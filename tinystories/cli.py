@@ -8,23 +8,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-from tinystories.errors import USER_ERROR_EXIT_STATUS, UserError
+from tinystories.errors import UserError, first_line
 
 T = TypeVar("T")
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one stderr line (no usage dump), exit status 2."""
+    """argparse whose bad command line is a UserError (no usage dump), which run_main reports in one line."""
 
     def error(self, message: str) -> typing.NoReturn:
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(USER_ERROR_EXIT_STATUS)
+        raise UserError(f"{message} (see --help)")
 
 
 def parse_bool(text: str) -> bool:
@@ -111,15 +109,19 @@ def explicit_values(cls: type, namespace: argparse.Namespace) -> dict[str, Any]:
 
 def merge_dataclass(base: T, overrides: dict[str, Any], source: str) -> T:
     """`base` with `overrides` applied; unknown keys or wrong types are a UserError naming `source`."""
-    hints = typing.get_type_hints(type(base))
-    known = {field.name for field in dataclasses.fields(base)}
+    return dataclasses.replace(base, **checked_settings(type(base), overrides, source))
+
+
+def checked_settings(cls: type, overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """`overrides` converted to the types of `cls`'s fields; unknown keys or wrong types are a UserError naming
+    `source`. Layers of settings merged this way build the dataclass once, so that its checks across fields
+    (min_lr <= learning_rate) see the final values, not a half-merged mix."""
+    hints = typing.get_type_hints(cls)
+    known = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-    checked = {}
-    for name, value in overrides.items():
-        checked[name] = _coerce(value, hints[name], f"{source}: {name}")
-    return dataclasses.replace(base, **checked)
+    return {name: _coerce(value, hints[name], f"{source}: {name}") for name, value in overrides.items()}
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -157,8 +159,7 @@ def load_config_file(path: str) -> dict[str, Any]:
         else:
             settings = json.loads(text)
     except Exception as error:  # yaml and json raise different types; either way the file is unreadable
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"config file {path} could not be parsed: {first_line}") from None
+        raise UserError(f"config file {path} could not be parsed: {first_line(error)}") from None
     if settings is None:
         return {}
     if not isinstance(settings, dict):

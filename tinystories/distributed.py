@@ -36,6 +36,13 @@ def init_distributed(device_type: str) -> Distributed:
     return Distributed(rank=rank, local_rank=local_rank, world_size=world_size)
 
 
+def process_device(device: torch.device, distributed: Distributed) -> torch.device:
+    """The device this process uses: under torchrun each process takes the GPU of its local rank."""
+    if device.type != "cuda":
+        return device
+    return torch.device("cuda", distributed.local_rank if distributed.enabled else (device.index or 0))
+
+
 def all_reduce_sum(tensor: torch.Tensor, distributed: Distributed) -> torch.Tensor:
     """The sum of `tensor` over ranks (itself when running alone)."""
     if distributed.enabled:

@@ -15,6 +15,12 @@ class UserError(Exception):
     """Something the user can fix; the message says what was wrong and what to do."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (or its type's name), to quote inside a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run a script's main(); a UserError becomes one stderr line and exit status 2, Ctrl-C exit status 130."""
     try:

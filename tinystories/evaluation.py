@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from model.loss import output_cross_entropy
 from model.model import Model
+from tinystories.checks import require_token_ids_within
 from tinystories.errors import UserError
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
@@ -136,8 +137,7 @@ def _is_out_of_memory(error: RuntimeError) -> bool:
 
 def _windows_nll(model: Model, chunk: np.ndarray, rows: int, length: int) -> float:
     """Summed cross-entropy of `rows` windows of `length` inputs laid end to end in chunk (rows*length + 1)."""
-    if int(chunk.max()) >= model.config.vocab_size:
-        raise UserError(f"the data has token ids beyond this model's vocabulary of {model.config.vocab_size}")
+    require_token_ids_within(int(chunk.max()), model.config.vocab_size, "the data")
     data = torch.from_numpy(chunk.astype(np.int64)).to(model.token_embedding.weight.device)
     inputs, targets = data[:-1].view(rows, length), data[1:].view(rows, length)
     # The loss is computed a chunk of positions at a time, never holding every window's logits; per-token

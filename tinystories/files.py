@@ -5,10 +5,12 @@ share one), flushed to disk, and renamed over the target in one step.
 """
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterable
 
 from tinystories.errors import UserError
 
@@ -28,30 +30,79 @@ def temporary_file_beside(target: Path) -> tuple[BinaryIO, Path]:
     return os.fdopen(descriptor, "wb"), Path(name)
 
 
-def ensure_folder(folder: str | os.PathLike) -> None:
-    """Create `folder` (and its parents) now, so a bad output path is a one-line error before any work."""
+def ensure_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` (and its parents) now and check that a file can be created in it, so a bad output path
+    is a one-line error before any work rather than a traceback after it."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{folder} is a file, not a folder; pass a folder path")
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the output folder {folder}: {error.strerror or error}") from None
+    try:
+        # Permission bits alone do not tell (root ignores them; a read-only mount does not show in them).
+        probe, probe_path = temporary_file_beside(path / "write_check")
+        probe.close()
+        probe_path.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write in the output folder {folder}: {error.strerror or error}") from None
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Any) -> None:
-    """Call `write(file_object)` on a temporary file beside `path`, fsync it, then rename it to `path`."""
+    """Call `write(file_object)` on a temporary file beside `path`, fsync it, then rename it to `path`.
+
+    A failure to write (a full disk, a folder gone read-only) is a UserError saying that the previous file,
+    if any, is kept: the temporary file is removed and `path` is untouched.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    file, temporary = temporary_file_beside(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        file, temporary = temporary_file_beside(target)
+    except OSError as error:
+        raise _write_failed(target, error) from None
     try:
         with file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _write_failed(target, error) from None
         raise
     directory = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the rename itself durable
     finally:
         os.close(directory)
+
+
+def _write_failed(target: Path, error: OSError) -> UserError:
+    kept = f"the previous {target.name} is kept" if target.is_file() else "it was not written"
+    return UserError(f"could not write {target}: {error.strerror or error}; {kept}")
+
+
+def write_json(path: str | os.PathLike, document: Any) -> None:
+    """`document` as indented JSON, written atomically."""
+    text = json.dumps(document, indent=2) + "\n"
+    atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def remove_stale_temporaries(folder: Path, target_globs: Iterable[str]) -> list[Path]:
+    """Delete the temporary files (see temporary_file_beside) that killed writes of targets matching
+    `target_globs` left in `folder`.
+
+    Only the caller knows that no live writer shares the folder (train.py holds its lock); names of the form
+    `.<target>.<random>.tmp` whose target matches no glob are left alone.
+    """
+    globs = list(target_globs)
+    removed = []
+    for path in folder.glob(".*.tmp") if folder.is_dir() else []:
+        target = path.name[1:].removesuffix(".tmp").rpartition(".")[0]
+        if target and path.is_file() and any(fnmatch.fnmatchcase(target, glob) for glob in globs):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from model.model import Config, Model
 from tinystories.data.hub import hub_resolves
-from tinystories.errors import UserError
+from tinystories.errors import UserError, first_line
 from tinystories.tokenizer import EOT_ID, VOCAB_SIZE, bpe_file_paths, get_tokenizer
 
 if TYPE_CHECKING:
@@ -167,11 +167,6 @@ def _quiet_transformers(progress_bars: bool) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def load_hf(path_or_repo_id: str) -> Model:
     """Our Model from a GPT-2-architecture model folder or Hugging Face hub repo id."""
     transformers = _transformers()
@@ -184,7 +179,7 @@ def load_hf(path_or_repo_id: str) -> Model:
             config_dict, _ = transformers.PretrainedConfig.get_config_dict(path_or_repo_id, **offline)
         except OSError as error:
             where = "in the Hugging Face cache, and the Hub is unreachable" if offline else \
-                f"a loadable Hugging Face repo: {_first_line(error)}"
+                f"a loadable Hugging Face repo: {first_line(error)}"
             raise UserError(f"{path_or_repo_id} is neither a model folder nor {where}") from None
         model_type = config_dict.get("model_type")
         if model_type is None:
@@ -201,7 +196,7 @@ def load_hf(path_or_repo_id: str) -> Model:
                 path_or_repo_id, config=hf_config, output_loading_info=True, ignore_mismatched_sizes=True,
                 **offline)
         except Exception as error:  # OSError, safetensors' and torch's errors alike mean unreadable weights
-            raise UserError(f"{path_or_repo_id}: weights could not be loaded: {_first_line(error)}") from None
+            raise UserError(f"{path_or_repo_id}: weights could not be loaded: {first_line(error)}") from None
     # from_pretrained fills missing or wrongly shaped weights with random ones; a conversion must not.
     if info["mismatched_keys"]:
         name, found, expected = sorted(info["mismatched_keys"])[0]

@@ -1,12 +1,14 @@
 """The training record: a JSON log, a loss-curve plot, and optional TensorBoard / Weights & Biases."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tinystories.errors import UserError
-from tinystories.files import atomic_write
+from tinystories.files import atomic_write, write_json
+
+
+CURVE_FILE = "loss_curve.png"
 
 
 class RunLog:
@@ -16,7 +18,7 @@ class RunLog:
                  tensorboard: bool = False, wandb: bool = False) -> None:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.curve_path = log_path.parent / "loss_curve.png"
+        self.curve_path = log_path.parent / CURVE_FILE
         self.arguments = arguments
         self.history = history
         self._tensorboard = self._open_tensorboard(log_path.parent) if tensorboard else None
@@ -41,9 +43,7 @@ class RunLog:
     def record(self, entry: dict[str, Any]) -> None:
         """Append one evaluation's entry, rewrite the JSON log and redraw the curve."""
         self.history.append(entry)
-        document = {"arguments": self.arguments, "history": self.history}
-        text = json.dumps(document, indent=2)
-        atomic_write(self.log_path, lambda file: file.write(text.encode("utf-8")))
+        write_json(self.log_path, {"arguments": self.arguments, "history": self.history})
         self._plot()
         numbers = {key: value for key, value in entry.items()
                    if isinstance(value, (int, float)) and key != "step"}
@@ -72,6 +72,12 @@ class RunLog:
         figure.tight_layout()
         atomic_write(self.curve_path, lambda file: figure.savefig(file, format="png", dpi=100))
         plt.close(figure)
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exception: Any) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._tensorboard is not None:

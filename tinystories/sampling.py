@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from model.model import Model
+from tinystories.checks import require_token_ids_within
 from tinystories.errors import UserError
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
@@ -186,8 +187,7 @@ def check_prompt(prompt: list[int], vocab_size: int) -> None:
     """Refuse (UserError) an empty prompt or token ids outside the model's vocabulary."""
     if not prompt:
         raise UserError("the prompt is empty; give at least one token of text")
-    if min(prompt) < 0 or max(prompt) >= vocab_size:
-        raise UserError(f"the prompt has token ids beyond this model's vocabulary of {vocab_size}")
+    require_token_ids_within(max(prompt), vocab_size, "the prompt", smallest=min(prompt))
 
 
 def _prompt_tensor(model: Model, prompt: list[int]) -> torch.Tensor:

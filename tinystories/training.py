@@ -1,44 +1,46 @@
 """The training loop: get batch, forward, backward, clip, step, schedule, evaluate, save.
 
-`TrainConfig` is the one definition of every training setting; train.py derives its flags from it and
-the seed's `train(...)` keyword arguments map onto it one to one.
+`TrainConfig` is the one definition of every training setting; train.py derives its flags from it and the
+seed's `train(...)` keyword arguments map onto it one to one. What a run carries across a restart, and the
+checks of a checkpoint to resume, are in run_state.py; device, precision and FLOP counts in hardware.py.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import math
-import random
-import re
-import signal
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.torch_version import TorchVersion
 from tqdm import tqdm
 
-from model.model import Config, Model, preset
-from tinystories.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from model.model import Config, Model
+from tinystories.checkpoint import model_checkpoint, save_checkpoint
+from tinystories.checks import PRESET_HELP, preset_config, require_at_least, require_token_ids_within
 from tinystories.data import DataConfig, load_tokens, prepare_data
-from tinystories.data.batches import WindowBatches, fixed_eval_batches
-from tinystories.device import DEVICE_HELP, DTYPE_CHOICES, autocast, resolve_device, resolve_dtype
-from tinystories.distributed import all_reduce_sum, barrier, init_distributed, shutdown
+from tinystories.data.batches import Batch, WindowBatches, fixed_eval_batches
+from tinystories.distributed import Distributed, all_reduce_sum, barrier, init_distributed, process_device, shutdown
 from tinystories.errors import UserError
-from tinystories.files import ensure_folder
-from tinystories.run_log import RunLog
+from tinystories.files import ensure_folder, remove_stale_temporaries
+from tinystories.folder_lock import FolderLock
+from tinystories.hardware import (COMPILE_CHOICES, DEVICE_HELP, DTYPE_CHOICES, autocast, enable_tf32, flops_per_token,
+                                  peak_flops, resolve_device, resolve_dtype, should_compile)
+from tinystories.paths import BEST_MODEL, CHECKPOINT, RESULTS_DIR, RunPaths
+from tinystories.run_log import CURVE_FILE, RunLog
+from tinystories.run_state import (RunIdentity, RunParts, StopRequest, TrainingState, check_fits, check_same_data,
+                                   check_same_run, data_fingerprint, read_resumable, restore, rng_states,
+                                   seed_everything, split_settings, training_checkpoint)
 
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
-# Dense bf16 peak FLOP/s of common GPUs, for MFU; other devices report no MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+# What this program writes in its folders, for clearing the temporary files of a killed save.
+WRITTEN_FILES = (BEST_MODEL, CHECKPOINT, "training_*.log", CURVE_FILE)
 
 
 @dataclass
@@ -61,12 +63,12 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     dtype: str = field(default="auto", metadata={"choices": DTYPE_CHOICES,
                                                   "help": "auto: bfloat16 on GPUs that support it, else float16; float32 on CPU"})
-    compile: str = field(default="auto", metadata={"choices": ["auto", "true", "false"],
+    compile: str = field(default="auto", metadata={"choices": COMPILE_CHOICES,
                                                     "help": "torch.compile the model (auto: on CUDA only)"})
-    out_dir: str = field(default="results", metadata={"help": "folder for checkpoints/ and logs/"})
+    out_dir: str = field(default=RESULTS_DIR, metadata={"help": "folder for checkpoints/ and logs/"})
     resume: str = field(default="auto", metadata={"help": "auto (continue from OUT_DIR/checkpoints/checkpoint.pth if present), never, or a checkpoint path"})
     log_interval: int = field(default=10, metadata={"help": "optimizer steps between progress-bar loss updates"})
-    preset: str = field(default="33M", metadata={"help": "model preset: 33M (the seed's), small, tiny, nano"})
+    preset: str = field(default="33M", metadata={"help": PRESET_HELP})
     n_layer: Optional[int] = field(default=None, metadata={"help": "override the preset's layers"})
     n_head: Optional[int] = field(default=None, metadata={"help": "override the preset's attention heads"})
     n_embd: Optional[int] = field(default=None, metadata={"help": "override the preset's hidden size"})
@@ -75,14 +77,9 @@ class TrainConfig:
     wandb: bool = field(default=False, metadata={"help": "log to Weights & Biases (needs wandb)"})
     tensorboard: bool = field(default=False, metadata={"help": "log to TensorBoard under OUT_DIR/logs/tensorboard"})
 
-    def validate(self) -> None:
-        positive = ("epochs", "batch_size", "eval_interval", "eval_iters", "gradient_accumulation_steps",
-                    "save_interval", "log_interval")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UserError(f"--max_steps must be at least 1, got {self.max_steps}")
+    def __post_init__(self) -> None:
+        require_at_least(self, ("epochs", "batch_size", "eval_interval", "eval_iters", "gradient_accumulation_steps",
+                                "save_interval", "log_interval", "max_steps"))
         for name in ("learning_rate", "min_lr", "weight_decay", "max_grad_norm", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must not be negative, got {getattr(self, name)}")
@@ -91,10 +88,7 @@ class TrainConfig:
 
     def model_config(self) -> Config:
         overrides = {name: getattr(self, name) for name in MODEL_OVERRIDES if getattr(self, name) is not None}
-        try:
-            return preset(self.preset, **overrides)
-        except ValueError as error:
-            raise UserError(str(error)) from None
+        return preset_config(self.preset, **overrides)
 
 
 def learning_rate_at(step: int, config: TrainConfig, total_steps: int) -> float:
@@ -119,205 +113,253 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) 
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95), fused=fused)
 
 
-def flops_per_token(config: Config, seq_len: Optional[int] = None) -> int:
-    """Training FLOPs per token: 6 per parameter that multiplies (all but the position embedding; the tied
-    token embedding counts once, as the output layer) plus attention's 12 · layers · width · context, the
-    context being seq_len (default block_size). docs/benchmarks.md derives it."""
-    with torch.device("meta"):  # count without allocating weights
-        model = Model(config)
-    parameters = model.num_parameters() - model.position_embedding.weight.numel()
-    return 6 * parameters + 12 * config.n_layer * config.n_embd * (seq_len or config.block_size)
-
-
-def peak_flops(device: torch.device) -> Optional[float]:
-    """The datasheet dense bf16 peak of a known CUDA GPU, else None."""
-    if device.type != "cuda":
-        return None
-    return peak_flops_of(torch.cuda.get_device_name(device))
-
-
-def peak_flops_of(device_name: str) -> Optional[float]:
-    """By whole words of the name ("NVIDIA A100-SXM4-80GB" is an A100; an "L40S" is not an "L4")."""
-    words = set(re.split(r"[\s\-_]+", device_name))
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in words), None)
-
-
-def rng_states() -> dict[str, Any]:
-    """Every random generator's state as plain types and tensors (weights_only-loadable)."""
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    python_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
-        "python": [python_state[0], list(python_state[1]), python_state[2]],
-    }
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if torch.cuda.is_available() and states["cuda"]:
-        torch.cuda.set_rng_state_all(states["cuda"])
-    kind, keys, position, has_gauss, cached_gaussian = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def data_fingerprint(tokens: np.ndarray) -> str:
-    """Identifies a token split cheaply: its length and a hash of its first and last million tokens."""
-    digest = hashlib.sha256(str(len(tokens)).encode())
-    digest.update(np.ascontiguousarray(tokens[:1_000_000]).tobytes())
-    digest.update(np.ascontiguousarray(tokens[-1_000_000:]).tobytes())
-    return digest.hexdigest()[:16]
-
-
-class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop finishes its optimizer step, saves and exits."""
-
-    def __init__(self) -> None:
-        self.signal_number: Optional[int] = None
-        self._previous = {}
-
-    def install(self) -> None:
-        for number in (signal.SIGTERM, signal.SIGINT):
-            self._previous[number] = signal.signal(number, self._handle)
-
-    def _handle(self, number: int, frame: Any) -> None:
-        self.signal_number = number
-
-    def uninstall(self) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-
-
 @dataclass
-class TrainingState:
-    """What a resumed run needs besides model and optimizer."""
-    step: int = 0
-    best_val_loss: float = math.inf
-    tokens_seen: int = 0
-    elapsed_seconds: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
+class TrainingData:
+    """The prepared splits a run reads: training batches, fixed validation batches, and their fingerprint."""
+    data_dir: Path
+    batches: WindowBatches
+    eval_batches: list[Batch]
+    fingerprint: dict[str, str]
+    train_tokens: int
+
+
+def training_data(config: TrainConfig, data_config: DataConfig, model_config: Config, distributed: Distributed,
+                  device: torch.device) -> TrainingData:
+    """Token files (rank 0 prepares missing ones first; the others wait, then reuse them), checked against the
+    model's vocabulary, and the batches drawn from them."""
+    if distributed.is_main:
+        data_dir = prepare_data(data_config)
+    barrier(distributed)
+    if not distributed.is_main:
+        data_dir = prepare_data(data_config, progress=False)
+    splits = {split: load_tokens(data_dir, split) for split in ("train", "validation")}
+    for split, tokens in splits.items():
+        require_token_ids_within(int(tokens.max()) if len(tokens) else 0, model_config.vocab_size,
+                                 f"the {split} split", f"preset {config.preset} cannot read it; use a preset with "
+                                 "the GPT-2 vocabulary (33M, small, tiny)")
+    block_size = model_config.block_size
+    batches = WindowBatches(splits["train"], block_size, config.batch_size, seed=config.seed, rank=distributed.rank,
+                            world_size=distributed.world_size, device=device)
+    eval_batches = fixed_eval_batches(splits["validation"], block_size, config.batch_size, config.eval_iters,
+                                      seed=config.seed)
+    return TrainingData(data_dir, batches, eval_batches, {split: data_fingerprint(tokens) for split, tokens in
+                                                          splits.items()}, len(splits["train"]))
+
+
+class FiniteLossCheck:
+    """Checks each step's loss one step late, so the host keeps queueing work ahead of the device instead of
+    waiting for it; a step whose loss is logged, evaluated or saved is checked at once."""
+
+    def __init__(self, on_non_finite: Callable[[int, float], None]) -> None:
+        self.on_non_finite = on_non_finite
+        self.pending: Optional[tuple[int, torch.Tensor]] = None
+
+    def check(self, step: int, loss: torch.Tensor, now: bool) -> None:
+        if self.pending is not None:
+            self._verify(*self.pending)
+        self.pending = (step, loss)
+        if now:
+            self._verify(step, loss)
+            self.pending = None
+
+    def _verify(self, step: int, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).item():  # a host synchronisation
+            self.on_non_finite(step, loss.item())
 
 
 class Trainer:
+    """Sets a run up from its settings (checking everything a user can get wrong first); `run` trains it."""
+
     def __init__(self, config: TrainConfig, data_config: DataConfig) -> None:
-        config.validate()
         self.config = config
         self.model_config = config.model_config()
-        self.device = resolve_device(config.device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
-        self.distributed = init_distributed(self.device.type)
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.distributed.local_rank if self.distributed.enabled else
-                                       (self.device.index or 0))
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, device)
+        self.distributed = init_distributed(device.type)
+        self.device = process_device(device, self.distributed)
+        enable_tf32(self.device)
         world = self.distributed.world_size
         if config.gradient_accumulation_steps % world:
             raise UserError(f"--gradient_accumulation_steps ({config.gradient_accumulation_steps}) must be divisible "
                             f"by the number of processes ({world}) to keep the effective batch")
         self.micro_steps = config.gradient_accumulation_steps // world
-        self.out_dir = Path(config.out_dir)
-        self.checkpoint_dir = self.out_dir / "checkpoints"
-        self.log_dir = self.out_dir / "logs"
+        self.paths = RunPaths(Path(config.out_dir))
+        self.lock = FolderLock(self.paths.lock)
         if self.distributed.is_main:
-            ensure_folder(self.checkpoint_dir)  # a bad --out_dir fails now, before data preparation
+            self._claim_output_folder()
+        try:
+            self._set_up(data_config)
+        except BaseException:
+            self.lock.release()
+            raise
 
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
-        self.data_dir = self._prepared_data(data_config)
-        self.train_tokens = load_tokens(self.data_dir, "train")
-        self.val_tokens = load_tokens(self.data_dir, "validation")
-        for split, tokens in (("train", self.train_tokens), ("validation", self.val_tokens)):
-            largest = int(tokens.max()) if len(tokens) else 0  # one pass over the memmap
-            if largest >= self.model_config.vocab_size:
-                raise UserError(f"the {split} split has token ids up to {largest:,}, beyond the model's "
-                                f"vocabulary of {self.model_config.vocab_size:,} (preset {config.preset}); "
-                                "use a preset with the GPT-2 vocabulary (33M, small, tiny)")
+    def _claim_output_folder(self) -> None:
+        """Writable folders, this run's lock, and no temporary files of an earlier killed save (all before
+        any work, so that a bad --out_dir costs nothing)."""
+        for folder in (self.paths.checkpoints, self.paths.logs):
+            ensure_folder(folder)
+        self.lock.acquire()
+        removed = [path for folder in (self.paths.checkpoints, self.paths.logs)
+                   for path in remove_stale_temporaries(folder, WRITTEN_FILES)]
+        if removed:
+            self._say(f"removed {len(removed)} temporary file(s) that an interrupted save left in {self.paths.out_dir}")
+
+    def _set_up(self, data_config: DataConfig) -> None:
+        identity = RunIdentity(dataclasses.asdict(self.model_config), self.config.seed,
+                               [self.config.batch_size, self.distributed.world_size], split_settings(data_config))
+        self.identity = identity
+        resume_path = self._resume_path()
+        saved = read_resumable(resume_path) if resume_path else None
+        if saved is not None:
+            check_same_run(saved, resume_path, identity)  # before the data folder is (re)built
+        seed_everything(self.config.seed)
+        self.data = training_data(self.config, data_config, self.model_config, self.distributed, self.device)
+        self.steps_per_epoch = self.data.batches.batches_per_epoch // self.micro_steps
         block_size = self.model_config.block_size
-        self.batches = WindowBatches(self.train_tokens, block_size, config.batch_size, seed=config.seed,
-                                     rank=self.distributed.rank, world_size=world, device=self.device)
-        self.steps_per_epoch = self.batches.batches_per_epoch // self.micro_steps
         if self.steps_per_epoch < 1:
-            raise UserError(f"the training split ({len(self.train_tokens):,} tokens) is too small for one optimizer step of "
-                            f"{config.batch_size * config.gradient_accumulation_steps} sequences of {block_size} tokens; "
-                            "lower --batch_size or --gradient_accumulation_steps, or use more data")
-        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
-        self.eval_batches = fixed_eval_batches(self.val_tokens, block_size, config.batch_size, config.eval_iters,
-                                               seed=config.seed)
-        self.tokens_per_step = config.batch_size * config.gradient_accumulation_steps * block_size
-
+            raise UserError(f"the training split ({self.data.train_tokens:,} tokens) is too small for one optimizer "
+                            f"step of {self.config.batch_size * self.config.gradient_accumulation_steps} sequences of "
+                            f"{block_size} tokens; lower --batch_size or --gradient_accumulation_steps, or use more data")
+        self.total_steps = self.config.max_steps or self.config.epochs * self.steps_per_epoch
+        self.tokens_per_step = self.config.batch_size * self.config.gradient_accumulation_steps * block_size
         self.model = Model(self.model_config).to(self.device)
-        self.optimizer = make_optimizer(self.model, config, self.device)
+        self.optimizer = make_optimizer(self.model, self.config, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.parts = RunParts(self.model, self.optimizer, self.scaler, self.data.batches)
         self.state = TrainingState()
-        self.fingerprint = {"train": data_fingerprint(self.train_tokens), "validation": data_fingerprint(self.val_tokens)}
-        self._resume()
-        compiled = config.compile == "true" or (config.compile == "auto" and self.device.type == "cuda")
-        self.forward_model = torch.compile(self.model) if compiled else self.model
+        if saved is not None:
+            check_same_data(saved, resume_path, self.data.fingerprint, self.data.data_dir)
+            check_fits(saved, resume_path, self.parts, self.distributed.world_size)
+            self.state = restore(saved, self.parts, self.distributed.rank)
+            self._say(f"resuming from {resume_path} at step {self.state.step:,} of {self.total_steps:,}")
+        self.forward_model = torch.compile(self.model) if should_compile(self.config.compile, self.device) else self.model
         if self.distributed.enabled:
             self.forward_model = DistributedDataParallel(
                 self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.flops_per_token = flops_per_token(self.model_config)
         self.peak_flops = peak_flops(self.device)
 
-    def _prepared_data(self, data_config: DataConfig) -> Path:
-        """Token files, prepared by rank 0 first when missing (the other ranks wait, then reuse them)."""
-        if self.distributed.is_main:
-            data_dir = prepare_data(data_config)
-        barrier(self.distributed)
-        if not self.distributed.is_main:
-            data_dir = prepare_data(data_config, progress=False)
-        return data_dir
+    def _resume_path(self) -> Optional[Path]:
+        resume = self.config.resume
+        if resume == "never":
+            return None
+        path = self.paths.checkpoint if resume == "auto" else Path(resume)
+        if path.is_file():
+            return path
+        if resume == "auto" and not path.exists():
+            return None
+        raise UserError(f"--resume {path}: no such checkpoint file; name a checkpoint.pth that train.py wrote, "
+                        "or pass --resume auto or --resume never")
 
     @property
     def best_model_path(self) -> Path:
-        return self.checkpoint_dir / "best_model.pth"
+        return self.paths.best_model
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.checkpoint_dir / "checkpoint.pth"
-
-    def _resume(self) -> None:
-        resume = self.config.resume
-        if resume == "never":
-            return
-        path = self.checkpoint_path if resume == "auto" else Path(resume)
-        if resume == "auto" and not path.exists():
-            return
-        checkpoint = load_checkpoint(path)
-        if "optimizer" not in checkpoint:
-            raise UserError(f"{path} holds model weights only, not a training state to resume; "
-                            "pass --resume never to start over")
-        saved_config = checkpoint["config"]
-        if saved_config != dataclasses.asdict(self.model_config):
-            changed = sorted(k for k in saved_config if saved_config.get(k) != dataclasses.asdict(self.model_config).get(k))
-            raise UserError(f"{path} was trained with a different model ({', '.join(changed)} differ); "
-                            "use the same settings, another --out_dir, or --resume never")
-        if checkpoint.get("data_fingerprint") != self.fingerprint:
-            raise UserError(f"{path} was trained on different data than {self.data_dir}; "
-                            "use the same data, another --out_dir, or --resume never")
-        saved_seed = checkpoint.get("training_arguments", {}).get("seed")
-        if saved_seed != self.config.seed:
-            raise UserError(f"{path} was trained with --seed {saved_seed}; resuming exactly needs the same seed "
-                            "(it sets the data order and dropout)")
-        if checkpoint.get("world_batch") != [self.config.batch_size, self.distributed.world_size]:
-            raise UserError(f"{path} was trained with batch size and processes {checkpoint.get('world_batch')}; "
-                            f"resuming exactly needs the same ({self.config.batch_size}, {self.distributed.world_size})")
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
-        self.batches.load_state_dict(checkpoint["data_position"])
-        restore_rng_states(checkpoint["rng"][self.distributed.rank])
-        self.state = TrainingState(**checkpoint["training_state"])
-        self._say(f"resuming from {path} at step {self.state.step:,} of {self.total_steps:,}")
+        return self.paths.checkpoint
 
     def _say(self, message: str) -> None:
         if self.distributed.is_main:
             tqdm.write(message)
+
+    def run(self) -> dict[str, Any]:
+        """Train to the last step, or until a stop signal; returns the summary (`stopped_by_signal` says which)."""
+        log_path = self.paths.new_log()
+        try:
+            with contextlib.ExitStack() as stack:
+                stop = stack.enter_context(StopRequest())
+                run_log = stack.enter_context(self._run_log(log_path)) if self.distributed.is_main else None
+                progress = stack.enter_context(tqdm(total=self.total_steps, initial=self.state.step, desc="training",
+                                                    unit="step", disable=not self.distributed.is_main,
+                                                    dynamic_ncols=True))
+                stopped_by = self._train(run_log, stop, progress)
+        finally:
+            self.lock.release()
+        summary = self._summary(log_path, stopped_by)
+        shutdown(self.distributed)
+        return summary
+
+    def _train(self, run_log: Optional[RunLog], stop: StopRequest, progress: tqdm) -> Optional[int]:
+        """The loop; returns the number of the signal that stopped it, if one did."""
+        self.model.train()
+        finite = FiniteLossCheck(self._diverged)
+        run_start = time.perf_counter() - self.state.elapsed_seconds
+        self._window = (time.perf_counter(), self.state.tokens_seen)
+        while self.state.step < self.total_steps:
+            loss = self.train_step()  # get batch, forward, backward, clip, step, schedule
+            self.state.elapsed_seconds = time.perf_counter() - run_start
+            progress.update(1)
+            stopping = self._stop_requested(stop)
+            logging, evaluating, saving = (self._due(every) for every in (
+                self.config.log_interval, self.config.eval_interval, self.config.save_interval))
+            finite.check(self.state.step, loss, now=logging or evaluating or saving or stopping)
+            if logging:
+                self._show_progress(progress, loss.item())
+            if evaluating:
+                self._evaluate_and_record(loss.item(), run_log)
+            if saving or stopping:
+                self.save()
+            if stopping:
+                return stop.signal_number
+        return None
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over `micro_steps` micro-batches; returns the mean loss (a device tensor)."""
+        self._schedule_learning_rate()
+        step_loss = torch.zeros((), device=self.device)
+        for micro_step in range(self.micro_steps):
+            x, y = self.data.batches.next_batch()
+            with self._gradient_sync(last=micro_step == self.micro_steps - 1):
+                with autocast(self.device, self.dtype):
+                    _, loss = self.forward_model(x, y, return_logits=False)
+                loss = loss / self.micro_steps
+                self.scaler.scale(loss).backward()
+            step_loss += loss.detach().float()
+        self._clip_gradients()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens_seen += self.tokens_per_step
+        return all_reduce_sum(step_loss, self.distributed) / self.distributed.world_size
+
+    def _schedule_learning_rate(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate_at(self.state.step, self.config, self.total_steps)
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP all-reduces gradients once per optimizer step, on the last micro-batch only."""
+        return nullcontext() if last or not self.distributed.enabled else self.forward_model.no_sync()
+
+    def _clip_gradients(self) -> None:
+        if self.config.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+
+    def _due(self, every: int) -> bool:
+        return self.state.step % every == 0 or self.state.step == self.total_steps
+
+    @torch.inference_mode()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation batches (each rank scores its share; all ranks get the mean)."""
+        self.model.eval()
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)
+        for index in range(self.distributed.rank, len(self.data.eval_batches), self.distributed.world_size):
+            x, y = (t.to(self.device, non_blocking=True) for t in self.data.eval_batches[index])
+            with autocast(self.device, self.dtype):
+                _, loss = self.model(x, y, return_logits=False)
+            total += torch.stack([loss.double(), torch.ones((), device=self.device, dtype=torch.float64)])
+        all_reduce_sum(total, self.distributed)
+        self.model.train()
+        return (total[0] / total[1]).item()
+
+    def save(self) -> None:
+        """checkpoint.pth: everything needed to continue exactly (every rank's generators; rank 0 writes)."""
+        rng = self._gathered_rng_states()
+        if self.distributed.is_main:
+            save_checkpoint(self.paths.checkpoint, training_checkpoint(
+                self.parts, self.state, rng, self.identity, self.data.fingerprint, dataclasses.asdict(self.config)))
 
     def _gathered_rng_states(self) -> list[dict[str, Any]]:
         """Every rank's RNG states, so each resumes its own dropout stream."""
@@ -330,150 +372,32 @@ class Trainer:
         dist.all_gather_object(gathered, states)
         return gathered
 
-    def save(self) -> None:
-        """checkpoint.pth: everything needed to continue exactly (only rank 0 writes)."""
-        rng = self._gathered_rng_states()
-        if not self.distributed.is_main:
-            return
-        save_checkpoint(self.checkpoint_path, model_checkpoint(
-            self.model,
-            optimizer=self.optimizer.state_dict(),
-            scaler=self.scaler.state_dict(),
-            data_position=self.batches.state_dict(),
-            rng=rng,
-            training_state=dataclasses.asdict(self.state),
-            data_fingerprint=self.fingerprint,
-            world_batch=[self.config.batch_size, self.distributed.world_size],
-            training_arguments=dataclasses.asdict(self.config),
-            step=self.state.step,
-            epoch=self.batches.epoch,
-            best_val_loss=self.state.best_val_loss,
-        ))
+    def _evaluate_and_record(self, train_loss: float, run_log: Optional[RunLog]) -> None:
+        val_loss = self.evaluate()
+        step = self.state.step
+        if not math.isfinite(val_loss):
+            self._diverged(step, val_loss, "validation loss")
+        elapsed = self.state.elapsed_seconds
+        tokens_per_second = self.state.tokens_seen / elapsed if elapsed > 0 else None
+        mfu = None
+        if self.peak_flops and tokens_per_second:
+            mfu = self.flops_per_token * tokens_per_second / (self.peak_flops * self.distributed.world_size)
+        entry = {"step": step, "epoch": self.data.batches.epoch, "train_loss": train_loss, "val_loss": val_loss,
+                 "lr": learning_rate_at(step - 1, self.config, self.total_steps), "tokens_seen": self.state.tokens_seen,
+                 "tokens_per_second": tokens_per_second, "mfu": mfu, "elapsed_seconds": round(elapsed, 2)}
+        if val_loss < self.state.best_val_loss:
+            self.state.best_val_loss = val_loss
+            if self.distributed.is_main:
+                save_checkpoint(self.paths.best_model, model_checkpoint(self.model, step=step, val_loss=val_loss))
+        if run_log is not None:
+            run_log.record(entry)  # appends to self.state.history, which the checkpoint carries
+        self._say(f"step {step:,}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
 
-    @torch.inference_mode()
-    def evaluate(self) -> float:
-        """Mean loss over the fixed validation batches (each rank scores its share; all ranks get the mean)."""
-        self.model.eval()
-        total = torch.zeros(2, device=self.device, dtype=torch.float64)
-        for index in range(self.distributed.rank, len(self.eval_batches), self.distributed.world_size):
-            x, y = (t.to(self.device, non_blocking=True) for t in self.eval_batches[index])
-            with autocast(self.device, self.dtype):
-                _, loss = self.model(x, y, return_logits=False)
-            total += torch.stack([loss.double(), torch.ones((), device=self.device, dtype=torch.float64)])
-        all_reduce_sum(total, self.distributed)
-        self.model.train()
-        return (total[0] / total[1]).item()
-
-    def train_step(self) -> torch.Tensor:
-        """One optimizer step over `micro_steps` micro-batches; returns the mean loss (a device tensor)."""
-        lr = learning_rate_at(self.state.step, self.config, self.total_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = torch.zeros((), device=self.device)
-        for micro_step in range(self.micro_steps):
-            x, y = self.batches.next_batch()
-            last = micro_step == self.micro_steps - 1
-            # DDP: all-reduce gradients once per optimizer step, on the last micro-batch only.
-            sync = nullcontext() if last or not self.distributed.enabled else self.forward_model.no_sync()
-            with sync:
-                with autocast(self.device, self.dtype):
-                    _, loss = self.forward_model(x, y, return_logits=False)
-                loss = loss / self.micro_steps
-                self.scaler.scale(loss).backward()
-            step_loss += loss.detach().float()
-        if self.config.max_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.state.step += 1
-        self.state.tokens_seen += self.tokens_per_step
-        return all_reduce_sum(step_loss, self.distributed) / self.distributed.world_size
-
-    def run(self) -> dict[str, Any]:
-        config = self.config
-        log_path = self.log_dir / f"training_{datetime.now():%Y%m%d_%H%M%S}.log"
-        run_log = None
-        if self.distributed.is_main:
-            run_log = RunLog(log_path, {"train": dataclasses.asdict(config), "model": dataclasses.asdict(self.model_config),
-                                        "data_dir": str(self.data_dir)}, self.state.history,
-                             tensorboard=config.tensorboard, wandb=config.wandb)
-            self._say(f"model: {self.model.num_parameters():,} parameters "
-                      f"({self.model.num_parameters(include_embeddings=False):,} without embeddings); "
-                      f"device {self.device}, {str(self.dtype).removeprefix('torch.')}, "
-                      f"{self.distributed.world_size} process(es); {self.total_steps:,} steps of "
-                      f"{self.tokens_per_step:,} tokens ({self.steps_per_epoch:,} steps per epoch)")
-        stop = StopRequest()
-        stop.install()
-        progress = tqdm(total=self.total_steps, initial=self.state.step, desc="training", unit="step",
-                        disable=not self.distributed.is_main, dynamic_ncols=True)
-        self.model.train()
-        window_start, window_tokens = time.perf_counter(), 0
-        run_start = time.perf_counter() - self.state.elapsed_seconds
-        unchecked: Optional[tuple[int, torch.Tensor]] = None  # the last step whose loss is not yet known finite
-        try:
-            while self.state.step < self.total_steps:
-                step_loss = self.train_step()
-                # Checking the previous step's loss while this one runs on the device keeps the host queueing
-                # work ahead; a step whose results are logged, evaluated or saved is checked before that.
-                if unchecked is not None:
-                    self._check_finite(*unchecked)
-                unchecked = (self.state.step, step_loss)
-                window_tokens += self.tokens_per_step
-                self.state.elapsed_seconds = time.perf_counter() - run_start
-                progress.update(1)
-                step = self.state.step
-                stopping = self._stop_requested(stop)
-                saving = step % config.save_interval == 0 or step == self.total_steps or stopping
-                if saving or step % config.log_interval == 0 or step % config.eval_interval == 0:
-                    self._check_finite(*unchecked)
-                    unchecked = None
-                if step % config.log_interval == 0 or step == self.total_steps:
-                    train_loss = step_loss.item()
-                    tokens_per_second = window_tokens / (time.perf_counter() - window_start)
-                    window_start, window_tokens = time.perf_counter(), 0
-                    progress.set_postfix(epoch=self.batches.epoch, loss=f"{train_loss:.4f}",
-                                         lr=f"{learning_rate_at(step - 1, config, self.total_steps):.2e}",
-                                         tok_s=f"{tokens_per_second:,.0f}")
-                if step % config.eval_interval == 0 or step == self.total_steps:
-                    self._evaluate_and_record(step_loss.item(), run_log)
-                if saving:
-                    self.save()
-                if stopping:
-                    progress.close()
-                    self._say(f"stopped by signal {stop.signal_number} after step {step:,}; saved {self.checkpoint_path}. "
-                              "Run the same command again to resume.")
-                    shutdown(self.distributed)
-                    sys.exit(128 + stop.signal_number)
-        finally:
-            stop.uninstall()
-            progress.close()
-            if run_log is not None:
-                run_log.close()
-        summary = {
-            "steps": self.state.step, "best_val_loss": self.state.best_val_loss, "tokens_seen": self.state.tokens_seen,
-            "wall_seconds": round(self.state.elapsed_seconds, 1), "best_model": str(self.best_model_path),
-            "checkpoint": str(self.checkpoint_path),
-            "log": str(log_path) if log_path.exists() else "none (no evaluation in this run)",
-            "loss_curve": str(log_path.parent / "loss_curve.png"),
-        }
-        if self.distributed.is_main:
-            self._say("done: best validation loss {best_val_loss:.4f}, {tokens_seen:,} tokens in {wall_seconds} s\n"
-                      "  best model:  {best_model}\n  checkpoint:  {checkpoint}\n  log:         {log}\n"
-                      "  loss curve:  {loss_curve}".format(**summary))
-        shutdown(self.distributed)
-        return summary
-
-    def _check_finite(self, step: int, step_loss: torch.Tensor) -> None:
-        """Stop without saving when a step's loss is NaN or infinite (a host synchronisation)."""
-        if not torch.isfinite(step_loss).item():
-            raise UserError(f"the loss became {step_loss.item()} at step {step}; {self._stopped_without_saving}")
-
-    @property
-    def _stopped_without_saving(self) -> str:
-        return (f"stopped without saving, so {self.checkpoint_path.parent} keeps what was saved before this step "
-                "(try a lower --learning_rate, or --max_grad_norm)")
+    def _diverged(self, step: int, value: float, what: str = "loss") -> None:
+        """Stop without saving when a loss is NaN or infinite."""
+        raise UserError(f"the {what} became {value} at step {step}; stopped without saving, so "
+                        f"{self.paths.checkpoints} keeps what was saved before this step "
+                        "(try a lower --learning_rate, or --max_grad_norm)")
 
     def _stop_requested(self, stop: StopRequest) -> bool:
         """Whether any rank received SIGTERM/SIGINT (all ranks must stop at the same step)."""
@@ -485,26 +409,42 @@ class Trainer:
             stop.signal_number = int(flag.item()) or None
         return stop.signal_number is not None
 
-    def _evaluate_and_record(self, train_loss: float, run_log: Optional[RunLog]) -> None:
-        val_loss = self.evaluate()
-        step = self.state.step
-        if not math.isfinite(val_loss):
-            raise UserError(f"the validation loss became {val_loss} at step {step}; {self._stopped_without_saving}")
-        elapsed = self.state.elapsed_seconds
-        tokens_per_second = self.state.tokens_seen / elapsed if elapsed > 0 else None
-        mfu = None
-        if self.peak_flops and tokens_per_second:
-            mfu = self.flops_per_token * tokens_per_second / (self.peak_flops * self.distributed.world_size)
-        entry = {"step": step, "epoch": self.batches.epoch, "train_loss": train_loss, "val_loss": val_loss,
-                 "lr": learning_rate_at(step - 1, self.config, self.total_steps), "tokens_seen": self.state.tokens_seen,
-                 "tokens_per_second": tokens_per_second, "mfu": mfu, "elapsed_seconds": round(elapsed, 2)}
-        if val_loss < self.state.best_val_loss:
-            self.state.best_val_loss = val_loss
-            if self.distributed.is_main:
-                save_checkpoint(self.best_model_path, model_checkpoint(self.model, step=step, val_loss=val_loss))
-        if run_log is not None:
-            run_log.record(entry)  # appends to self.state.history, which the checkpoint carries
-        self._say(f"step {step:,}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+    def _show_progress(self, progress: tqdm, train_loss: float) -> None:
+        """The progress bar's loss, learning rate and tokens per second since the last update."""
+        started, tokens = self._window
+        self._window = (time.perf_counter(), self.state.tokens_seen)
+        tokens_per_second = (self.state.tokens_seen - tokens) / (self._window[0] - started)
+        progress.set_postfix(epoch=self.data.batches.epoch, loss=f"{train_loss:.4f}",
+                             lr=f"{learning_rate_at(self.state.step - 1, self.config, self.total_steps):.2e}",
+                             tok_s=f"{tokens_per_second:,.0f}")
+
+    def _run_log(self, log_path: Path) -> RunLog:
+        run_log = RunLog(log_path, {"train": dataclasses.asdict(self.config), "model": self.identity.model_config,
+                                    "data_dir": str(self.data.data_dir)}, self.state.history,
+                         tensorboard=self.config.tensorboard, wandb=self.config.wandb)
+        self._say(f"model: {self.model.num_parameters():,} parameters "
+                  f"({self.model.num_parameters(include_embeddings=False):,} without embeddings); "
+                  f"device {self.device}, {str(self.dtype).removeprefix('torch.')}, "
+                  f"{self.distributed.world_size} process(es); {self.total_steps:,} steps of "
+                  f"{self.tokens_per_step:,} tokens ({self.steps_per_epoch:,} steps per epoch)")
+        return run_log
+
+    def _summary(self, log_path: Path, stopped_by: Optional[int]) -> dict[str, Any]:
+        summary = {
+            "steps": self.state.step, "best_val_loss": self.state.best_val_loss, "tokens_seen": self.state.tokens_seen,
+            "wall_seconds": round(self.state.elapsed_seconds, 1), "best_model": str(self.paths.best_model),
+            "checkpoint": str(self.paths.checkpoint),
+            "log": str(log_path) if log_path.exists() else "none (no evaluation in this run)",
+            "loss_curve": str(self.paths.logs / CURVE_FILE), "stopped_by_signal": stopped_by,
+        }
+        if stopped_by is not None:
+            self._say(f"stopped by signal {stopped_by} after step {self.state.step:,}; saved {self.paths.checkpoint}. "
+                      "Run the same command again to resume.")
+        else:
+            self._say("done: best validation loss {best_val_loss:.4f}, {tokens_seen:,} tokens in {wall_seconds} s\n"
+                      "  best model:  {best_model}\n  checkpoint:  {checkpoint}\n  log:         {log}\n"
+                      "  loss curve:  {loss_curve}".format(**summary))
+        return summary
 
 
 def train(data_config: Optional[DataConfig] = None, **settings: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from tinystories.errors import UserError
+from tinystories.errors import UserError, first_line
 
 REPOSITORY = "roneneldan/TinyStories"
 REVISION = "f54c09fd23315a6f9c86f9dc80f725de7d8f9c64"
@@ -84,8 +84,7 @@ def download_hub_file(hub_file: HubFile) -> tuple[Path, str]:
             raise UserError(f"the Hugging Face Hub is unreachable and {hub_file.filename} is not in its cache; "
                             f"{OFFLINE_HINT}") from None
         except (HfHubHTTPError, OSError) as error:
-            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise UserError(f"downloading {hub_file.filename} from the Hugging Face Hub failed ({first_line}); "
+            raise UserError(f"downloading {hub_file.filename} from the Hugging Face Hub failed ({first_line(error)}); "
                             f"{OFFLINE_HINT}") from None
     path = Path(local)
     # huggingface_hub stores an LFS file as a blob named by its sha256 and links the snapshot file to it.

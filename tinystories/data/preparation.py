@@ -14,11 +14,14 @@ from typing import Any, Callable, Iterator, Optional
 
 from tqdm.auto import tqdm
 
+from tinystories.checks import require_at_least
 from tinystories.data import hub, synthetic
 from tinystories.data.pipeline import SPLIT_RULE, SplitFile, ValidationRule, write_splits
 from tinystories.data.readers import ByteProgress, expand_paths, read_file_stories
 from tinystories.data.token_files import META_FILE, SPLITS, read_meta, stale_split, write_meta
 from tinystories.errors import UserError
+from tinystories.files import ensure_folder
+from tinystories.paths import DATA_ROOT
 from tinystories.tokenizer import EOT_ID, VOCAB_SIZE
 
 FORMAT_VERSION = 1
@@ -48,10 +51,7 @@ class DataConfig:
             raise UserError(f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"--val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        if self.max_stories is not None and self.max_stories < 1:
-            raise UserError(f"--max_stories must be at least 1, got {self.max_stories}")
-        if self.num_workers is not None and self.num_workers < 1:
-            raise UserError(f"--num_workers must be at least 1, got {self.num_workers}")
+        require_at_least(self, ("max_stories", "num_workers"))
 
     @property
     def workers(self) -> int:
@@ -88,7 +88,7 @@ def _file_record(name: str, role: str, path: Path, sha256: str) -> dict[str, Any
 def local_source(data_path: str, data_dir: Optional[str]) -> Source:
     paths = expand_paths(data_path)
     name = paths[0].stem if len(paths) == 1 else Path(os.path.commonpath([p.resolve().parent for p in paths])).name
-    default_dir = Path("data") / (name or "local")
+    default_dir = DATA_ROOT / (name or "local")
     output = Path(data_dir or default_dir).resolve()
     # A data folder inside the --data_path folder holds this run's own meta.json: it is no story file.
     paths = [path for path in paths if not (path.name == META_FILE and path.resolve().parent == output)]
@@ -113,7 +113,7 @@ def hub_source(dataset: str) -> Source:
     files = hub.HUB_FILES[dataset]
     description = {"kind": "Hugging Face Hub", "repository": hub.REPOSITORY, "revision": hub.REVISION,
                    "files": [f.filename for f in files]}
-    return Source(description, [StoryStream(f.role, opener(f)) for f in files], Path("data") / dataset)
+    return Source(description, [StoryStream(f.role, opener(f)) for f in files], DATA_ROOT / dataset)
 
 
 def synthetic_source() -> Source:
@@ -130,7 +130,7 @@ def synthetic_source() -> Source:
                    "train_stories": synthetic.TRAIN_STORIES, "test_stories": synthetic.TEST_STORIES}
     streams = [StoryStream("train", opener("train", synthetic.TRAIN_STORIES)),
                StoryStream("test", opener("test", synthetic.TEST_STORIES))]
-    return Source(description, streams, Path("data") / "synthetic")
+    return Source(description, streams, DATA_ROOT / "synthetic")
 
 
 def make_source(config: DataConfig) -> Source:
@@ -168,7 +168,7 @@ def prepare_data(config: DataConfig, progress: bool = True) -> Path:
         return data_dir
     if data_dir.is_dir() and any(data_dir.iterdir()):
         print(f"{data_dir}: {reason}; rebuilding the token files")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(data_dir)
     splits, files = _tokenize(source, config, data_dir, progress)
     if "test" not in splits:
         (data_dir / "test.bin").unlink(missing_ok=True)

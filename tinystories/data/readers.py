@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
 
-from tinystories.errors import UserError
+from tinystories.errors import UserError, first_line
 from tinystories.tokenizer import EOT_TOKEN
 
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
@@ -185,7 +185,7 @@ def _parquet_stories(path: Path, count: ByteProgress) -> Iterator[str]:
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as error:
-        raise UserError(f"{path}: not a readable parquet file ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable parquet file ({first_line(error)})") from None
     column = next((name for name in STORY_FIELDS if name in parquet.schema_arrow.names), None)
     if column is None:
         raise UserError(f'{path}: parquet file has no "text" or "story" column '
@@ -205,7 +205,7 @@ def _parquet_stories(path: Path, count: ByteProgress) -> Iterator[str]:
             raise UserError(f"{path}: invalid UTF-8 in rows {rows_read + 1:,} to {rows_read + 4096:,} "
                             f"({error.reason})") from None
         except (pa.ArrowException, OSError) as error:
-            raise UserError(f"{path}: unreadable after row {rows_read:,} ({str(error).splitlines()[0]})") from None
+            raise UserError(f"{path}: unreadable after row {rows_read:,} ({first_line(error)})") from None
         if batch is None:
             break
         for story in stories:

@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from tinystories.errors import UserError
-from tinystories.files import atomic_write
+from tinystories.files import write_json
 
 SPLITS = ("train", "validation", "test")
 META_FILE = "meta.json"
@@ -35,8 +35,7 @@ def read_meta(data_dir: Union[str, Path]) -> dict[str, Any]:
 
 def write_meta(data_dir: Path, meta: dict[str, Any]) -> None:
     """Write meta.json atomically: it is the mark that the folder's token files are complete."""
-    document = json.dumps(meta, indent=2) + "\n"
-    atomic_write(data_dir / META_FILE, lambda file: file.write(document.encode("utf-8")))
+    write_json(data_dir / META_FILE, meta)
 
 
 def _has_recorded_size(data_dir: Path, record: dict[str, Any]) -> bool:

@@ -1,0 +1,136 @@
+"""tinystories/run_state.py: generator states round-trip, data fingerprints, stop requests, and a checkpoint to
+resume checked in full before any of it is used (one line naming what is wrong, never a traceback)."""
+import copy
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from tinystories.data import DataConfig
+from tinystories.errors import UserError
+from tinystories.run_state import StopRequest, data_fingerprint, restore_rng_states, rng_states
+from tinystories.training import TrainConfig, Trainer
+
+
+def test_generator_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    states = rng_states()
+    torch.save(states, tmp_path / "rng.pth")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_states(torch.load(tmp_path / "rng.pth", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+def test_data_fingerprint_sees_length_and_both_ends():
+    tokens = np.arange(3_000_000, dtype=np.uint16)
+    changed_end, longer = tokens.copy(), np.append(tokens, 0).astype(np.uint16)
+    changed_end[-1] += 1
+    fingerprints = {data_fingerprint(t) for t in (tokens, changed_end, longer)}
+    assert len(fingerprints) == 3 and data_fingerprint(tokens.copy()) == data_fingerprint(tokens)
+
+
+def test_stop_request_records_the_signal_while_entered():
+    previous = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal_number == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def settings(out_dir, **overrides):
+    values = dict(preset="tiny", block_size=32, batch_size=2, gradient_accumulation_steps=1, max_steps=2,
+                  eval_interval=2, eval_iters=1, device="cpu", compile="false", out_dir=str(out_dir))
+    return TrainConfig(**{**values, **overrides})
+
+
+def synthetic_config(data_dir):
+    return DataConfig(dataset="synthetic", max_stories=400, data_dir=str(data_dir))
+
+
+@pytest.fixture(scope="module")
+def saved(synthetic_data_dir, tmp_path_factory):
+    """A real checkpoint.pth after two steps."""
+    out_dir = tmp_path_factory.mktemp("saved_run")
+    Trainer(settings(out_dir), synthetic_config(synthetic_data_dir)).run()
+    return torch.load(out_dir / "checkpoints" / "checkpoint.pth", weights_only=True)
+
+
+def without(name):
+    return lambda checkpoint: checkpoint.pop(name)
+
+
+def setter(*keys, value):
+    def edit(checkpoint):
+        target = checkpoint
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+    return edit
+
+
+def one_optimizer_group(checkpoint):
+    groups = checkpoint["optimizer"]["param_groups"]
+    groups[0]["params"] += groups[1]["params"]
+    del groups[1]
+
+
+def wrong_moment_shape(checkpoint):
+    checkpoint["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+
+
+EDITS = {
+    "missing rng": (without("rng"), "'rng' missing"),
+    "missing scaler": (without("scaler"), "'scaler' missing"),
+    "extra training_state key": (setter("training_state", "learning_rate", value=0.1),
+                                 "'training_state' has unknown entries learning_rate"),
+    "data position not a mapping": (setter("data_position", value=[0, 1]), "'data_position' must be"),
+    "data position beyond the epoch": (setter("data_position", "position", value=10**6),
+                                       "data position (batch 1000000) is beyond"),
+    "negative epoch": (setter("data_position", "epoch", value=-1), "'data_position' must be"),
+    "wrong optimizer groups": (one_optimizer_group, "parameter groups of sizes"),
+    "optimizer moments of another shape": (wrong_moment_shape, "optimizer state of parameter 0"),
+    "training_arguments as a list": (setter("training_arguments", value=[1, 2]), "'training_arguments' must be"),
+    "torch generator state cut short": (setter("rng", 0, "torch", value=torch.zeros(10, dtype=torch.uint8)),
+                                        "torch generator state is malformed"),
+    "python generator index out of range": (setter("rng", 0, "python", 1, 624, value=10**6),
+                                            "Python generator state is malformed"),
+    "generator states of two processes": (lambda c: c["rng"].append(c["rng"][0]), "of 2 processes, not 1"),
+    "negative step": (setter("training_state", "step", value=-5), "step must be a whole number"),
+    "NaN best loss": (setter("training_state", "best_val_loss", value=float("nan")), "best_val_loss"),
+    "a weight missing": (lambda c: c["model"].pop("final_norm.weight"), "weights are not those of this model"),
+    "world_batch not a pair": (setter("world_batch", value=2), "'world_batch' must be"),
+}
+
+
+@pytest.mark.parametrize("edit, message", EDITS.values(), ids=EDITS.keys())
+def test_an_incomplete_or_edited_checkpoint_is_refused_in_one_line(edit, message, saved, synthetic_data_dir,
+                                                                   tmp_path):
+    checkpoint = copy.deepcopy(saved)
+    edit(checkpoint)
+    path = tmp_path / "edited.pth"
+    torch.save(checkpoint, path)
+    with pytest.raises(UserError) as refused:
+        Trainer(settings(tmp_path / "run", max_steps=4, resume=str(path)), synthetic_config(synthetic_data_dir))
+    text = str(refused.value)
+    assert message in text and text.startswith(f"{path} cannot be resumed") and "\n" not in text, text
+
+
+def test_the_unedited_checkpoint_resumes(saved, synthetic_data_dir, tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    torch.save(saved, path)
+    trainer = Trainer(settings(tmp_path / "run", max_steps=4, resume=str(path)), synthetic_config(synthetic_data_dir))
+    assert trainer.state.step == 2
+    assert all(torch.equal(trainer.model.state_dict()[name], saved["model"][name]) for name in saved["model"])
+    trainer.lock.release()
+
+
+def test_a_different_split_is_refused_before_the_data_is_touched(saved, tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    torch.save(saved, path)
+    data = DataConfig(dataset="synthetic", max_stories=400, data_dir=str(tmp_path / "never_built"), seed=7)
+    with pytest.raises(UserError, match="trained on a split made with --split_seed 1337"):
+        Trainer(settings(tmp_path / "run", resume=str(path)), data)
+    assert not (tmp_path / "never_built").exists()

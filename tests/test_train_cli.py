@@ -1,0 +1,236 @@
+"""train.py end to end: exact resume after SIGKILL, SIGTERM, DDP equivalence, flags, one-line user errors, and
+the output folder (checked before work, locked against a second run, cleared of a killed save's temporaries)."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_RUN = ["--preset", "tiny", "--block_size", "32", "--batch_size", "2", "--gradient_accumulation_steps", "2",
+            "--learning_rate", "2e-3", "--min_lr", "2e-4", "--warmup_steps", "2", "--eval_iters", "2",
+            "--device", "cpu", "--compile", "false", "--log_interval", "1"]
+# The synthetic corpus as conftest's synthetic_data_dir prepares it: the same inputs reuse its token files.
+SYNTHETIC = ["--dataset", "synthetic", "--max_stories", "400"]
+
+
+def run_train(arguments, data_dir, out_dir, **popen):
+    command = [sys.executable, "train.py", *TINY_RUN, "--data_dir", str(data_dir), *SYNTHETIC,
+               "--out_dir", str(out_dir), *arguments]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def wait_until_training(process) -> str:
+    """Read the run's (unbuffered) output up to the line that opens its training loop; returns what was read."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("model: "):
+            return "".join(lines)
+    raise AssertionError("the run ended before training: " + "".join(lines) + process.stderr.read())
+
+
+def final_weights(out_dir):
+    return torch.load(Path(out_dir) / "checkpoints" / "checkpoint.pth", weights_only=True)["model"]
+
+
+def test_sigkill_then_resume_is_bitwise_identical(synthetic_data_dir, tmp_path):
+    arguments = ["--max_steps", "30", "--save_interval", "10", "--eval_interval", "15"]
+    uninterrupted = run_train(arguments, synthetic_data_dir, tmp_path / "whole")
+    interrupted = run_train(arguments, synthetic_data_dir, tmp_path / "killed")
+    checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint.pth"
+    while not checkpoint.exists() and interrupted.poll() is None:
+        time.sleep(0.005)
+    interrupted.kill()
+    interrupted.wait()
+    killed_at = torch.load(checkpoint, weights_only=True)["step"]
+    assert killed_at < 30, "the run finished before it could be killed"
+    resumed = run_train(arguments, synthetic_data_dir, tmp_path / "killed")
+    resumed_out, resumed_err = resumed.communicate()
+    assert resumed.returncode == 0, resumed_err
+    assert f"resuming from {checkpoint} at step {killed_at}" in resumed_out
+    assert uninterrupted.wait() == 0
+    whole, continued = final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed")
+    assert whole.keys() == continued.keys()
+    for name in whole:
+        assert torch.equal(whole[name], continued[name]), name
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(synthetic_data_dir, tmp_path):
+    process = run_train(["--max_steps", "100000", "--save_interval", "100000", "--eval_interval", "100000"],
+                        synthetic_data_dir, tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    started = wait_until_training(process)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    checkpoint = torch.load(tmp_path / "checkpoints" / "checkpoint.pth", weights_only=True)
+    assert 0 < checkpoint["step"] < 100000
+    assert f"saved {tmp_path / 'checkpoints' / 'checkpoint.pth'}" in started + stdout
+
+
+def test_two_gloo_ranks_follow_the_single_process_trajectory(synthetic_data_dir, tmp_path):
+    arguments = ["--max_steps", "6", "--eval_interval", "3", "--dropout", "0.0", "--batch_size", "2",
+                 "--gradient_accumulation_steps", "4"]
+    single = run_train(arguments, synthetic_data_dir, tmp_path / "one")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+               *TINY_RUN, "--data_dir", str(synthetic_data_dir), *SYNTHETIC,
+               "--out_dir", str(tmp_path / "two"), *arguments]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    double = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert single.wait() == 0, single.stderr.read()[-3000:]
+    one, two = (torch.load(tmp_path / name / "checkpoints" / "checkpoint.pth", weights_only=True)
+                for name in ("one", "two"))
+    for entry_one, entry_two in zip(one["training_state"]["history"], two["training_state"]["history"]):
+        for key in ("train_loss", "val_loss"):
+            assert entry_two[key] == pytest.approx(entry_one[key], rel=1e-5), key
+    assert len(one["rng"]) == 1 and len(two["rng"]) == 2
+
+
+def test_flags_override_config_file_which_overrides_defaults(tmp_path):
+    from train import parse_arguments
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("batch_size: 8\nlearning_rate: 0.001\ndataset: synthetic\nmax_stories: 50\n")
+    train_config, data_config = parse_arguments(["--config", str(config_file), "--batch_size", "2", "--seed", "5"])
+    assert (train_config.batch_size, train_config.learning_rate, train_config.seed) == (2, 0.001, 5)
+    assert (train_config.epochs, train_config.gradient_accumulation_steps) == (20, 32)
+    assert (data_config.dataset, data_config.max_stories, data_config.seed) == ("synthetic", 50, 1337)
+    config_file.write_text("split_seed: 3\nseed: 4\n")
+    train_config, data_config = parse_arguments(["--config", str(config_file)])
+    assert (train_config.seed, data_config.seed) == (4, 3)
+    assert parse_arguments(["--config", str(config_file), "--split_seed", "11"])[1].seed == 11
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--batch_size", "0"], "--batch_size must be at least 1"),
+    (["--batch_size", "many"], "batch_size"),
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--min_lr", "1"], "must not exceed"),
+    (["--gradient_accumulation_steps", "1000000"], "too small"),
+    (["--data_path", "/nonexistent/stories.txt"], "nonexistent"),
+    (["--out_dir", "/dev/null/run"], "cannot create the output folder"),
+    (["--preset", "nano", "--block_size", "32"], "beyond the model's vocabulary of 512"),
+])
+def test_bad_arguments_exit_2_with_one_line(arguments, message, synthetic_data_dir, tmp_path):
+    process = run_train(arguments, synthetic_data_dir, tmp_path)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
+
+
+def test_resume_with_a_different_model_is_refused(synthetic_data_dir, tmp_path):
+    first = run_train(["--max_steps", "2", "--eval_interval", "2"], synthetic_data_dir, tmp_path)
+    assert first.wait() == 0
+    second = run_train(["--max_steps", "4", "--n_embd", "32"], synthetic_data_dir, tmp_path)
+    _, stderr = second.communicate()
+    assert second.returncode == 2 and "different model (n_embd differ)" in stderr, stderr
+    third = run_train(["--max_steps", "4", "--seed", "9"], synthetic_data_dir, tmp_path)
+    _, stderr = third.communicate()
+    assert third.returncode == 2 and "trained with --seed 1337" in stderr, stderr
+
+
+@pytest.fixture
+def read_only_out_dir(tmp_path) -> Path:
+    """An --out_dir of an earlier run (checkpoints/ and logs/ exist) in which nothing can be written: a read-only
+    tmpfs when running as root (whom permissions do not stop), else permissions."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        for path in (folder / "checkpoints", folder / "logs", folder):
+            path.mkdir(exist_ok=True)
+            path.chmod(0o555)
+        yield folder
+        for path in (folder, folder / "checkpoints", folder / "logs"):
+            path.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root without the right to mount a read-only file system")
+    try:
+        for name in ("checkpoints", "logs"):
+            (folder / name).mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def one_line_error(process, timeout=300):
+    _, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    return stderr
+
+
+def test_a_read_only_out_dir_is_refused_before_any_work(read_only_out_dir, synthetic_data_dir):
+    stderr = one_line_error(run_train(["--max_steps", "2"], synthetic_data_dir, read_only_out_dir))
+    assert f"cannot write in the output folder {read_only_out_dir / 'checkpoints'}" in stderr
+
+
+def test_a_data_dir_that_is_a_file_is_refused_in_one_line(tmp_path):
+    not_a_folder = tmp_path / "tokens.bin"
+    not_a_folder.write_bytes(b"\0" * 8)
+    stderr = one_line_error(run_train(["--max_steps", "2"], not_a_folder, tmp_path / "out"))
+    assert f"{not_a_folder} is a file, not a folder" in stderr
+
+
+def test_a_second_run_on_a_busy_out_dir_is_refused_and_the_first_keeps_its_files(synthetic_data_dir, tmp_path):
+    first = run_train(["--max_steps", "100000", "--save_interval", "100000", "--eval_interval", "100000"],
+                      synthetic_data_dir, tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wait_until_training(first)
+    lock = tmp_path / "train.lock"
+    second = run_train(["--max_steps", "2"], synthetic_data_dir, tmp_path)
+    stderr = one_line_error(second)
+    assert f"{tmp_path} is in use by a training run (pid {first.pid} on this host)" in stderr
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM and not lock.exists()
+
+
+def test_a_killed_runs_lock_and_temporary_files_are_cleared_at_the_next_start(synthetic_data_dir, tmp_path):
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    (tmp_path / "train.lock").write_text(f'{{"pid": {killed.pid}, "host": "{os.uname().nodename}"}}')
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / "checkpoints" / ".checkpoint.pth.a1b2c3d4.tmp", tmp_path / "checkpoints" / ".best_model.pth.x_y_z_w_.tmp"]
+    foreign = tmp_path / "checkpoints" / ".notes.md.a1b2c3d4.tmp"
+    for path in stale + [foreign]:
+        path.write_bytes(b"\0" * 1000)
+    process = run_train(["--max_steps", "2", "--eval_interval", "2"], synthetic_data_dir, tmp_path)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "removed 2 temporary file(s) that an interrupted save left in" in stdout
+    assert not any(path.exists() for path in stale) and foreign.exists()
+
+
+def test_resume_of_a_missing_file_names_the_resume_flag(synthetic_data_dir, tmp_path):
+    stderr = one_line_error(run_train(["--resume", str(tmp_path / "nowhere.pth")], synthetic_data_dir, tmp_path))
+    assert "--resume" in stderr and "--model" not in stderr
+
+
+def test_an_edited_training_state_is_one_line_naming_it(synthetic_data_dir, tmp_path):
+    first = run_train(["--max_steps", "2", "--eval_interval", "2"], synthetic_data_dir, tmp_path)
+    assert first.wait(timeout=300) == 0
+    path = tmp_path / "checkpoints" / "checkpoint.pth"
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["rng"]
+    torch.save(checkpoint, path)
+    stderr = one_line_error(run_train(["--max_steps", "4"], synthetic_data_dir, tmp_path))
+    assert f"{path} cannot be resumed: 'rng' missing" in stderr
+
+
+def test_a_different_split_seed_is_refused_before_the_data_folder_is_rebuilt(synthetic_data_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, data_dir)
+    first = run_train(["--max_steps", "2", "--eval_interval", "2"], data_dir, tmp_path / "out")
+    assert first.wait(timeout=300) == 0
+    before = {path.name: path.read_bytes() for path in data_dir.iterdir()}
+    stderr = one_line_error(run_train(["--max_steps", "4", "--split_seed", "7"], data_dir, tmp_path / "out"))
+    assert "trained on a split made with --split_seed 1337" in stderr
+    assert {path.name: path.read_bytes() for path in data_dir.iterdir()} == before
