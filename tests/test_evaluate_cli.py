@@ -117,7 +117,7 @@ def test_imported_hugging_face_model(setup, tmp_path, monkeypatch, capsys):
     (["--max_samples", "0"], "--max_samples"),
     (["--temperature", "3"], "--temperature"),
     (["--data_path", "no_such_file.txt"], "not found"),
-    (["--output", "/dev/null/report.json"], "cannot create the output folder"),
+    (["--output", "/dev/null/report.json"], "/dev/null is a file, not a folder"),
 ])
 def test_bad_arguments_are_one_line_errors(setup, tmp_path, monkeypatch, capsys, args, message):
     checkpoint, data_dir = setup

@@ -209,9 +209,10 @@ def test_a_killed_runs_lock_and_temporary_files_are_cleared_at_the_next_start(sy
     assert not any(path.exists() for path in stale) and foreign.exists()
 
 
-def test_resume_of_a_missing_file_names_the_resume_flag(synthetic_data_dir, tmp_path):
-    stderr = one_line_error(run_train(["--resume", str(tmp_path / "nowhere.pth")], synthetic_data_dir, tmp_path))
-    assert "--resume" in stderr and "--model" not in stderr
+@pytest.mark.parametrize("target", ["nowhere.pth", "."])
+def test_resume_of_a_missing_file_or_a_folder_names_the_resume_flag(target, synthetic_data_dir, tmp_path):
+    stderr = one_line_error(run_train(["--resume", str(tmp_path / target)], synthetic_data_dir, tmp_path))
+    assert "no such checkpoint file" in stderr and "--resume" in stderr and "--model" not in stderr
 
 
 def test_an_edited_training_state_is_one_line_naming_it(synthetic_data_dir, tmp_path):

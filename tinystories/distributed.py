@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -48,6 +49,25 @@ def all_reduce_sum(tensor: torch.Tensor, distributed: Distributed) -> torch.Tens
     if distributed.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_gather_objects(value: Any, distributed: Distributed) -> list[Any]:
+    """Every rank's `value`, in rank order (a list of one when running alone)."""
+    if not distributed.enabled:
+        return [value]
+    gathered: list[Any] = [None] * distributed.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def max_over_ranks(value: float, distributed: Distributed, device: torch.device) -> float:
+    """The largest `value` of any rank; running alone, `value` itself without touching the device (no host
+    synchronisation)."""
+    if not distributed.enabled:
+        return value
+    tensor = torch.tensor([float(value)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()
 
 
 def barrier(distributed: Distributed) -> None:

@@ -26,7 +26,8 @@ from tinystories.checkpoint import model_checkpoint, save_checkpoint
 from tinystories.checks import PRESET_HELP, preset_config, require_at_least, require_token_ids_within
 from tinystories.data import DataConfig, load_tokens, prepare_data
 from tinystories.data.batches import Batch, WindowBatches, fixed_eval_batches
-from tinystories.distributed import Distributed, all_reduce_sum, barrier, init_distributed, process_device, shutdown
+from tinystories.distributed import (Distributed, all_gather_objects, all_reduce_sum, barrier, init_distributed,
+                                     max_over_ranks, process_device, shutdown)
 from tinystories.errors import UserError
 from tinystories.files import ensure_folder, remove_stale_temporaries
 from tinystories.folder_lock import FolderLock
@@ -251,14 +252,6 @@ class Trainer:
         raise UserError(f"--resume {path}: no such checkpoint file; name a checkpoint.pth that train.py wrote, "
                         "or pass --resume auto or --resume never")
 
-    @property
-    def best_model_path(self) -> Path:
-        return self.paths.best_model
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.paths.checkpoint
-
     def _say(self, message: str) -> None:
         if self.distributed.is_main:
             tqdm.write(message)
@@ -290,7 +283,9 @@ class Trainer:
             loss = self.train_step()  # get batch, forward, backward, clip, step, schedule
             self.state.elapsed_seconds = time.perf_counter() - run_start
             progress.update(1)
-            stopping = self._stop_requested(stop)
+            # All ranks stop at the same step when any of them received SIGTERM/SIGINT.
+            stop.signal_number = int(max_over_ranks(stop.signal_number or 0, self.distributed, self.device)) or None
+            stopping = stop.signal_number is not None
             logging, evaluating, saving = (self._due(every) for every in (
                 self.config.log_interval, self.config.eval_interval, self.config.save_interval))
             finite.check(self.state.step, loss, now=logging or evaluating or saving or stopping)
@@ -356,21 +351,10 @@ class Trainer:
 
     def save(self) -> None:
         """checkpoint.pth: everything needed to continue exactly (every rank's generators; rank 0 writes)."""
-        rng = self._gathered_rng_states()
+        rng = all_gather_objects(rng_states(), self.distributed)  # each rank resumes its own dropout stream
         if self.distributed.is_main:
             save_checkpoint(self.paths.checkpoint, training_checkpoint(
                 self.parts, self.state, rng, self.identity, self.data.fingerprint, dataclasses.asdict(self.config)))
-
-    def _gathered_rng_states(self) -> list[dict[str, Any]]:
-        """Every rank's RNG states, so each resumes its own dropout stream."""
-        states = rng_states()
-        if not self.distributed.enabled:
-            return [states]
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * self.distributed.world_size
-        dist.all_gather_object(gathered, states)
-        return gathered
 
     def _evaluate_and_record(self, train_loss: float, run_log: Optional[RunLog]) -> None:
         val_loss = self.evaluate()
@@ -398,16 +382,6 @@ class Trainer:
         raise UserError(f"the {what} became {value} at step {step}; stopped without saving, so "
                         f"{self.paths.checkpoints} keeps what was saved before this step "
                         "(try a lower --learning_rate, or --max_grad_norm)")
-
-    def _stop_requested(self, stop: StopRequest) -> bool:
-        """Whether any rank received SIGTERM/SIGINT (all ranks must stop at the same step)."""
-        if self.distributed.enabled:  # a single process needs no device tensor, so no host synchronisation
-            import torch.distributed as dist
-
-            flag = torch.tensor([float(stop.signal_number or 0)], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop.signal_number = int(flag.item()) or None
-        return stop.signal_number is not None
 
     def _show_progress(self, progress: tqdm, train_loss: float) -> None:
         """The progress bar's loss, learning rate and tokens per second since the last update."""
