@@ -16,13 +16,26 @@ def test_config_defaults_are_the_seed_architecture():
     assert config.dropout == 0.1 and config.ffn_size == 1536 and config.activation == "gelu"
 
 
-def test_seed_model_has_about_30_1M_unique_parameters_with_tied_output():
+def test_seed_model_has_the_readmes_parameter_counts_with_tied_output():
     model = Model(Config())
     assert model.lm_head.weight is model.token_embedding.weight
-    total = model.num_parameters()
-    assert 30.0e6 <= total <= 30.2e6
-    assert total == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    assert model.num_parameters(include_embeddings=False) == total - 50257 * 384 - 512 * 384
+    assert model.num_parameters() == 30_142_848  # README: Model Architecture
+    assert model.num_parameters(include_embeddings=False) == 10_647_552
+    assert model.num_parameters() == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+@pytest.mark.parametrize("name", ["33M", "small", "tiny", "nano"])
+def test_presets_parameter_counts_follow_the_gpt2_formula(name):
+    config = PRESETS[name]
+    c = config.n_embd
+    # Per block: two LayerNorms (weight and bias), qkv (3C x C + 3C), attention output (C x C + C),
+    # MLP up (4C x C + 4C) and down (C x 4C + C); then the final LayerNorm. The output layer is the
+    # token embedding, counted once.
+    blocks = config.n_layer * (12 * c * c + 13 * c) + 2 * c
+    embeddings = (config.vocab_size + config.block_size) * c
+    model = Model(config)
+    assert model.num_parameters(include_embeddings=False) == blocks
+    assert model.num_parameters() == blocks + embeddings
 
 
 @pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(activation="relu"), dict(dropout=1.0), dict(n_layer=0)])

@@ -17,13 +17,20 @@ PROMPT = [7454, 2402, 257, 640]  # "Once upon a time"
 GREEDY = SamplingConfig(temperature=0.0)
 
 
-def random_model(name: str = "tiny", **overrides) -> Model:
+def random_model(name: str = "tiny", noise: float = 0.05, **overrides) -> Model:
     """Perturbed weights: sharper, more varied distributions than a fresh initialisation."""
     model = Model(preset(name, dropout=0.0, **overrides))
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
+            parameter.add_(torch.randn_like(parameter) * noise)
     return model.eval()
+
+
+def varied_nano(seed: int) -> Model:
+    """A nano model (block_size 64) whose greedy and beam continuations keep changing token: with the
+    default noise they repeat one or two tokens, so a wrong context or hypothesis order would go unseen."""
+    torch.manual_seed(seed)
+    return random_model("nano", noise=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +73,19 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=0.3) == {1: 1.0}
     assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=0.74) == {1: 0.666667, 3: 0.333333}
     assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=0.76) == TOP_THREE
+
+
+def test_top_p_exactly_at_a_boundary_stops_at_the_token_that_reaches_it():
+    # These probabilities are exact in float32, so the cumulative mass hits 0.5, 0.75 and 0.875 exactly:
+    # the tokens "until their probability reaches top_p" are those before the boundary, and no more.
+    assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=0.5) == {1: 1.0}
+    assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=0.75) == {1: 0.666667, 3: 0.333333}
+    assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=0.875) == TOP_THREE
+    from transformers.generation.logits_process import TopPLogitsWarper
+    for top_p in (0.5, 0.75, 0.875):
+        theirs = TopPLogitsWarper(top_p)(None, torch.tensor([PROBABILITIES]).log())[0]
+        ours = kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=top_p)
+        assert set(ours) == set(torch.nonzero(theirs > -math.inf).squeeze(1).tolist())
 
 
 def test_top_k_comes_before_top_p():
@@ -167,20 +187,66 @@ def reference_greedy(model: Model, prompt: list[int], steps: int) -> list[int]:
 
 @pytest.mark.parametrize("prompt_length, steps", [(5, 40), (10, 150), (100, 30)])
 def test_cached_decoding_and_its_sliding_window_match_recomputation(prompt_length, steps):
-    torch.manual_seed(1)
-    nano = random_model("nano")  # block_size 64: 150 new tokens slide the window several times
+    nano = varied_nano(1)  # block_size 64: 150 new tokens slide the window several times
     prompt = torch.randint(0, 512, (prompt_length,)).tolist()
     expected = reference_greedy(nano, prompt, steps)
+    assert len(set(expected)) >= steps // 5, "the reference must vary for the comparison to mean anything"
     assert list(sample_tokens(nano, prompt, steps, GREEDY, stop_at_eos=False)) == expected
     assert list(sample_tokens(decoding_model(nano), prompt, steps, GREEDY, stop_at_eos=False)) == expected
 
 
+def test_sampled_decoding_past_the_window_matches_recomputation():
+    nano = varied_nano(3)
+    sampling = SamplingConfig(temperature=1.0, top_k=20, top_p=0.9)
+    prompt = [5, 6, 7]
+    block_size, keep = nano.config.block_size, nano.config.block_size - nano.config.block_size // 4
+    generator = torch.Generator().manual_seed(5)
+    tokens, start = list(prompt), 0
+    for _ in range(150):
+        if len(tokens) - start > block_size:
+            start = len(tokens) - keep
+        with torch.no_grad():
+            tokens.append(pick_next_token(nano(torch.tensor([tokens[start:]]))[0][0, -1], sampling, generator))
+    expected = tokens[len(prompt):]
+    assert len(set(expected)) >= 30
+    ours = sample_tokens(decoding_model(nano), prompt, 150, sampling, torch.Generator().manual_seed(5),
+                         stop_at_eos=False)
+    assert list(ours) == expected
+
+
+def reference_beam_search(model: Model, prompt: list[int], steps: int, num_beams: int) -> list[list[int]]:
+    """Beam search with <|endoftext|> ignored and no cache: every hypothesis's window (the same sliding rule
+    as greedy decoding) is encoded again at each step. Returns the best hypothesis after each step."""
+    block_size = model.config.block_size
+    keep = block_size - block_size // 4
+    beams: list[tuple[float, list[int]]] = [(0.0, [])]
+    start = max(0, len(prompt) - block_size)
+    best = []
+    for _ in range(steps):
+        if len(prompt) + len(beams[0][1]) - start > block_size:
+            start = len(prompt) + len(beams[0][1]) - keep
+        candidates = []
+        for score, new in beams:
+            with torch.no_grad():
+                logits = model(torch.tensor([(prompt + new)[start:]]))[0][0, -1]
+            log_probabilities = torch.log_softmax(logits.double(), dim=0)
+            top = torch.topk(log_probabilities, num_beams)
+            candidates += [(score + float(p), new + [int(t)]) for p, t in zip(top.values, top.indices)]
+        beams = sorted(candidates, key=lambda candidate: candidate[0], reverse=True)[:num_beams]
+        best.append(beams[0][1])
+    return best
+
+
 def test_beam_search_slides_its_window_too():
-    torch.manual_seed(2)
-    nano = random_model("nano")
-    assert len(beam_search(decoding_model(nano), [1, 2, 3], 100, num_beams=3, stop_at_eos=False)) == 100
+    nano = varied_nano(4)
+    prompt = [1, 2, 3]
+    best = reference_beam_search(nano, prompt, 130, num_beams=3)
+    assert len(set(best[-1])) >= 15, "the reference must vary for the comparison to mean anything"
+    decoder = decoding_model(nano)
+    for steps in (30, 61, 62, 80, 100, 130):  # the window (64 tokens) first slides at the 62nd new token
+        assert beam_search(decoder, prompt, steps, num_beams=3, stop_at_eos=False) == best[steps - 1], steps
     # One beam is greedy decoding.
-    assert beam_search(nano, [1, 2, 3], 100, num_beams=1, stop_at_eos=False) == reference_greedy(nano, [1, 2, 3], 100)
+    assert beam_search(nano, prompt, 100, num_beams=1, stop_at_eos=False) == reference_greedy(nano, prompt, 100)
 
 
 def hf_new_tokens(hf_model, prompt: list[int], **settings) -> list[int]:
