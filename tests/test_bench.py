@@ -53,6 +53,44 @@ def test_bench_runs_every_contender_and_reports_table_and_json(tmp_path):
         for name in figures:
             assert any(line.startswith(section) and f"  {name}  " in line for line in table), name
     assert str(report_path) in result.stderr
+    check_derived_figures(report)
+
+
+def median(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def check_derived_figures(report: dict) -> None:
+    """Ratios, MFU and the bandwidth bound recomputed by hand from the report's raw samples."""
+    figures = {(f["section"], f["name"]): f for f in report["figures"]}
+    # The tiny preset (C = 64, L = 2, V = 50,257, 128 positions) at seq_len 32. Multiplying parameters: each
+    # block's 12C² + 13C, the final norm's 2C and the (tied) token embedding's V·C; not the positions.
+    c, layers, seq_len = 64, 2, 32
+    multiplying = layers * (12 * c * c + 13 * c) + 2 * c + 50257 * c
+    assert multiplying == 3_316_544
+    flops_per_token = 6 * multiplying + 12 * layers * c * seq_len
+    assert report["training"]["flops_per_token"] == flops_per_token == 19_948_416
+    for (section, name), baseline in [(("training", "ours, eager"), ("training", "HF GPT2LMHeadModel")),
+                                      (("evaluation", "ours"), ("evaluation", "HF GPT2LMHeadModel")),
+                                      (("generation", "ours, sample_tokens"), ("generation", "HF generate")),
+                                      (("data", "ours, tokenize_stories"),
+                                       ("data", "bare tiktoken encode_ordinary_batch"))]:
+        ratio = next(iter(figures[(section, name)]["ratios"].values()))
+        assert ratio == pytest.approx(median(figures[(section, name)]["samples"])
+                                      / median(figures[baseline]["samples"]), rel=1e-9), name
+    peaks = figures[("hardware", "peak matmul (float32)")]["samples"]  # TFLOP/s
+    for name in ("ours, eager", "HF GPT2LMHeadModel"):
+        expected = [100 * flops_per_token * rate / (peak * 1e12)
+                    for rate, peak in zip(figures[("training", name)]["samples"], peaks)]
+        assert figures[("training", f"MFU, {name}")]["samples"] == pytest.approx(expected, rel=1e-9)
+    # Decoding reads every multiplying weight once per token, 4 bytes each in float32.
+    bandwidth = figures[("hardware", "read bandwidth")]["samples"]  # GB/s
+    bound = figures[("generation", "bandwidth bound")]["samples"]
+    assert bound == pytest.approx([rate * 1e9 / (4 * multiplying) for rate in bandwidth], rel=1e-9)
+    generation = figures[("generation", "ours, sample_tokens")]
+    assert generation["ratios"]["bound"] == pytest.approx(median(generation["samples"]) / median(bound), rel=1e-9)
 
 
 def test_table_puts_ratios_in_their_own_column():
