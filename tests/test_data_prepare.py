@@ -1,4 +1,5 @@
 """prepare_data: round trips for every format, the split, determinism, the cache, atomicity, load_tokens."""
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -67,6 +68,27 @@ def test_every_format_round_trips(tmp_path, suffix):
     assert meta["files"] == [{"name": source.name, "role": "train", "bytes": source.stat().st_size,
                               "sha256": meta["inputs"]["source"]["files"][0]["sha256"]}]
     assert not (data_dir / "test.bin").exists()
+
+
+# Pinned by hand: the indices in STORIES of the stories whose BLAKE2b-64 keyed with b"1337", read as a
+# little-endian integer, is below 0.05 * 2**64 (the README's rule at the default seed and fraction).
+PINNED_VALIDATION = [17, 37, 56, 65, 74, 109, 115, 158, 189, 209, 224, 247, 272, 296, 297, 317, 332, 334, 346,
+                     376, 381]
+
+
+def test_split_follows_the_readmes_rule_on_pinned_stories(tmp_path):
+    digests = {0: "9abc2d2ddf2d91c6", 17: "9dd3a24fe189eb06", 37: "020714d0a7de8d0b"}
+    for index, digest in digests.items():
+        assert hashlib.blake2b(STORIES[index].encode("utf-8"), digest_size=8, key=b"1337").hexdigest() == digest
+    # Little-endian: story 17's hash is 0x06eb89e1... = 0.027 of 2**64 (validation), story 0's 0xc6912d... = 0.78.
+    assert int.from_bytes(bytes.fromhex(digests[17]), "little") < 0.05 * 2**64
+    assert int.from_bytes(bytes.fromhex(digests[0]), "little") > 0.05 * 2**64
+    data_dir = prepare(write_stories(tmp_path / "s.jsonl", STORIES), tmp_path / "out")
+    np.testing.assert_array_equal(load_tokens(data_dir, "validation"),
+                                  expected_tokens([STORIES[i] for i in PINNED_VALIDATION]))
+    np.testing.assert_array_equal(load_tokens(data_dir, "train"),
+                                  expected_tokens([s for i, s in enumerate(STORIES) if i not in PINNED_VALIDATION]))
+    assert read_meta(data_dir)["splits"]["validation"]["stories"] == 21
 
 
 def test_split_sizes_disjoint_and_counted(tmp_path):
