@@ -1,5 +1,8 @@
-"""Shared test settings: the repository root on sys.path, no network, a fixed seed per test."""
+"""Shared test settings: the repository root on sys.path, no network (a connection or name lookup beyond this
+machine fails the test), a fixed seed per test, and a local stand-in for the Hugging Face Hub."""
+import ipaddress
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -11,6 +14,38 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hugging Face hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+class NetworkUsed(AssertionError):
+    """Not an OSError, so code that treats a failed lookup as "offline" cannot swallow it."""
+
+
+def _is_loopback(host) -> bool:
+    if host in (None, "localhost", b"localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.decode() if isinstance(host, bytes) else str(host)).is_loopback
+    except ValueError:
+        return False
+
+
+_getaddrinfo, _connect = socket.getaddrinfo, socket.socket.connect
+
+
+def _local_getaddrinfo(host, *args, **kwargs):
+    if not _is_loopback(host):
+        raise NetworkUsed(f"a test looked up {host!r}: the suite must not use the network")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+def _local_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+        raise NetworkUsed(f"a test connected to {address!r}: the suite must not use the network")
+    return _connect(self, address)
+
+
+socket.getaddrinfo = _local_getaddrinfo
+socket.socket.connect = _local_connect
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +60,26 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
 
     data_dir = tmp_path_factory.mktemp("synthetic_data")
     return prepare_data(DataConfig(dataset="synthetic", max_stories=400, data_dir=str(data_dir)), progress=False)
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """A FakeHub (tests/hub_server.py) that huggingface_hub in this process downloads from, into an empty
+    cache under tmp_path; `fake_hub.env` is the environment that does the same for a subprocess."""
+    import huggingface_hub.constants as constants
+
+    from tests.hub_server import FakeHub
+
+    hub = FakeHub()
+    endpoint = hub.start()
+    cache = tmp_path / "hf_cache"
+    # huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and HF_HUB_CACHE once, at import.
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    hub.cache = cache
+    hub.env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0",
+               "TRANSFORMERS_OFFLINE": "0", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    yield hub
+    hub.stop()

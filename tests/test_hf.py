@@ -5,10 +5,13 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
 import transformers
+
+import tinystories.hf
 
 from model.model import Model, preset
 from tinystories.errors import UserError
@@ -49,8 +52,9 @@ def greedy_ours(model: Model, prompt: torch.Tensor, steps: int) -> torch.Tensor:
     return ids
 
 
-def run_export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "export.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def run_export(*args: str, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "export.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=env)
 
 
 @pytest.mark.parametrize("activation", ["gelu", "gelu_new"])
@@ -102,6 +106,12 @@ def exported(tmp_path_factory):
     assert result.returncode == 0, result.stderr
     assert str(folder / "hf_model") in result.stdout
     return model, checkpoint, folder / "hf_model"
+
+
+def test_exported_folder_holds_the_readmes_files(exported):
+    names = sorted(path.name for path in exported[2].iterdir())
+    assert names == sorted(["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                            "tokenizer_config.json", "vocab.json", "merges.txt"])
 
 
 def test_exported_folder_loads_with_transformers(exported):
@@ -165,8 +175,32 @@ def test_corrupt_or_missing_hf_weights_are_refused(exported, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(UserError, match="weights could not be loaded"):
         load_hf(str(folder))
-    with pytest.raises(UserError, match="neither a model folder"):
+
+
+def test_missing_folder_with_an_unreachable_hub_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(tinystories.hf, "hub_resolves", lambda: False)
+    with pytest.raises(UserError, match="neither a model folder nor in the Hugging Face cache, and the Hub is"):
         load_hf(str(tmp_path / "no_such_folder"))
+
+
+def test_from_hf_downloads_a_hub_repo_into_its_cache_once(exported, fake_hub, tmp_path):
+    model, _, hf_folder = exported
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        fake_hub.add("someone/tiny-gpt2", name, (hf_folder / name).read_bytes())
+    result = run_export("--from_hf", "someone/tiny-gpt2", "--out", str(tmp_path / "hub.pth"), env=fake_hub.env)
+    assert result.returncode == 0, result.stderr
+    back = torch.load(tmp_path / "hub.pth", weights_only=True)
+    assert all(torch.equal(back["model"][name], tensor) for name, tensor in model.state_dict().items())
+    downloaded = {path for method, path in fake_hub.requests if method == "GET"}
+    assert {"someone/tiny-gpt2/config.json", "someone/tiny-gpt2/model.safetensors"} <= downloaded
+    assert (fake_hub.cache / "models--someone--tiny-gpt2" / "snapshots").is_dir()
+    missing = run_export("--from_hf", "someone/missing", "--out", str(tmp_path / "missing.pth"), env=fake_hub.env)
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.startswith("error: someone/missing is neither a model folder nor a loadable Hugging Face")
+    fake_hub.stop()  # the second conversion is served by the cache alone
+    again = run_export("--from_hf", "someone/tiny-gpt2", "--out", str(tmp_path / "again.pth"),
+                       env={**fake_hub.env, "HF_HUB_OFFLINE": "1"})
+    assert again.returncode == 0, again.stderr
 
 
 def test_untied_output_layer_is_refused():
