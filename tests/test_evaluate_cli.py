@@ -1,7 +1,10 @@
 """evaluate.py end to end on prepared token files, local story files and an imported Hugging Face model."""
 import importlib.util
 import json
+import math
+import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from tinystories.checkpoint import load_model, model_checkpoint, save_checkpoint
 from tinystories.data import DataConfig, load_tokens, prepare_data
 from tinystories.evaluation import stream_loss
 from tinystories.hf import from_hf
-from tinystories.tokenizer import EOT_ID
+from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Loaded by path: Hugging Face's `evaluate` package would otherwise shadow the script.
@@ -62,12 +65,84 @@ def test_reports_exact_loss_and_completion_metrics(setup, tmp_path, monkeypatch,
     assert report["step"] == 123 and report["split"] == "validation" and report["model"] == str(checkpoint)
     assert report["tokens_per_second"] > 0 and report["seconds"] > 0
     generation = report["generation"]
-    assert generation["completions"] == 3 and 0 < generation["distinct_1"] <= 1
-    assert set(generation) >= {"distinct_2", "distinct_3", "repetition_4", "mean_new_tokens", "eos_fraction"}
-    completions = Path(generation["completions_file"]).read_text()
-    assert completions.count("=== ") == 3 and output.with_suffix(".completions.txt").is_file()
+    assert generation["completions"] == 3 and generation["seed"] == 1337 and generation["max_tokens"] == 12
+    assert Path(generation["completions_file"]) == output.with_suffix(".completions.txt")
+    prompts, texts, lengths, ended = read_completions(output.with_suffix(".completions.txt"),
+                                                      first_sentences(tokens, 3))
+    assert len(prompts) == 3 and all(length <= 12 for length in lengths)
+    expected = hand_metrics(texts, lengths, ended)
+    for name, value in expected.items():
+        assert generation[name] == pytest.approx(value, abs=1e-12), name
     for label in ("loss", "perplexity", "bits per byte", "distinct-1/2/3", "repetition-4", str(output)):
         assert label in out
+
+
+def first_sentences(tokens: np.ndarray, count: int) -> list[str]:
+    """The README's prompts, found by hand: each story's text up to its first '.', '!' or '?'."""
+    stories = get_tokenizer().decode(tokens.tolist()).split("<|endoftext|>")[:count]
+    prompts = []
+    for story in stories:
+        story = story.strip()
+        end = min(story.index(mark) for mark in ".!?" if mark in story)
+        prompts.append(story[:end + 1])
+    return prompts
+
+
+def read_completions(path: Path, prompts: list[str]) -> tuple[list[str], list[str], list[int], list[bool]]:
+    """(prompts, completion texts, new tokens without a final <|endoftext|>, ended) from the completions file,
+    checking that each completion starts with its expected prompt."""
+    header = re.compile(r"=== (\d+)/(\d+): (\d+) new tokens, (ended with <\|endoftext\|>|stopped at --max_tokens) ===\n")
+    parts = header.split(path.read_text(encoding="utf-8"))[1:]
+    texts, lengths, ended = [], [], []
+    for index, prompt in enumerate(prompts):
+        number, total, new_tokens, ending, body = parts[5 * index:5 * index + 5]
+        assert (int(number), int(total)) == (index + 1, len(prompts))
+        assert body.startswith(prompt), (body, prompt)
+        texts.append(body[len(prompt):].removesuffix("\n\n" if index < len(prompts) - 1 else "\n"))
+        ended.append(ending.startswith("ended"))
+        lengths.append(int(new_tokens) - ended[-1])
+    assert len(parts) == 5 * len(prompts)
+    return prompts, texts, lengths, ended
+
+
+def hand_metrics(texts: list[str], lengths: list[int], ended: list[bool]) -> dict[str, float]:
+    """The README's definitions, written out: words are lowercase runs of letters, digits, '_' and "'"."""
+    words = [re.findall(r"[a-z0-9_']+", text.lower()) for text in texts]
+    metrics = {}
+    for n in (1, 2, 3):
+        grams = [tuple(w[i:i + n]) for w in words for i in range(len(w) - n + 1)]
+        metrics[f"distinct_{n}"] = len(set(grams)) / len(grams) if grams else 0.0
+    counts = [Counter(tuple(w[i:i + 4]) for i in range(len(w) - 3)) for w in words]
+    occurrences = sum(sum(c.values()) for c in counts)
+    repeated = sum(k for c in counts for k in c.values() if k > 1)
+    metrics["repetition_4"] = repeated / occurrences if occurrences else 0.0
+    metrics["mean_new_tokens"] = sum(lengths) / len(lengths)
+    metrics["eos_fraction"] = sum(ended) / len(ended)
+    return metrics
+
+
+def test_json_report_has_the_readmes_fields_and_the_test_split(setup, tmp_path, monkeypatch, capsys):
+    checkpoint, data_dir = setup
+    output = tmp_path / "test.json"
+    status, _, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--data_dir", str(data_dir),
+                         "--split", "test", "--batch_size", "3", "--output", str(output))
+    assert status == 0, err
+    report = json.loads(output.read_text())
+    assert set(report) == {"model", "step", "split", "data", "max_samples", "stories", "tokens", "bytes", "loss",
+                           "perplexity", "bits_per_byte", "block_size", "batch_size", "device", "seconds",
+                           "tokens_per_second", "generation"}
+    tokens = load_tokens(data_dir, "test")
+    assert report["split"] == "test" and report["data"] == f"{data_dir} (test)" and report["generation"] is None
+    assert report["tokens"] == len(tokens) - 1 and report["stories"] == int(np.sum(tokens == EOT_ID))
+    assert (report["block_size"], report["batch_size"], report["device"]) == (64, 3, "cpu")
+    # Every scored token's bytes, <|endoftext|> counting one: the README's B.
+    tokenizer = get_tokenizer()
+    assert report["bytes"] == sum(1 if t == EOT_ID else len(tokenizer.decode_single_token_bytes(t))
+                                  for t in tokens[1:].tolist())
+    assert report["perplexity"] == pytest.approx(math.exp(report["loss"]), rel=1e-12)
+    assert report["bits_per_byte"] == pytest.approx(
+        report["tokens"] * report["loss"] / (math.log(2) * report["bytes"]), rel=1e-12)
+    assert report["tokens_per_second"] == pytest.approx(report["tokens"] / report["seconds"], abs=1)  # rounded
 
 
 def test_max_samples_and_the_all_split(setup, tmp_path, monkeypatch, capsys):
@@ -106,7 +181,18 @@ def test_imported_hugging_face_model(setup, tmp_path, monkeypatch, capsys):
     status, _, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--data_dir", str(data_dir),
                          "--generate", "1", "--max_tokens", "5", "--output", str(output))
     assert status == 0, err
-    assert json.loads(output.read_text())["step"] is None
+    report = json.loads(output.read_text())
+    assert report["step"] is None
+    # The Hugging Face model itself, window by window (64 inputs starting every 64 tokens), token-weighted.
+    tokens = torch.from_numpy(load_tokens(data_dir, "validation").astype(np.int64))
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(tokens) - 1, 64):
+            inputs, targets = tokens[start:start + 64], tokens[start + 1:start + 65]
+            logits = hf_model.eval()(inputs[None, :len(targets)]).logits[0]
+            total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+    assert report["tokens"] == len(tokens) - 1
+    assert report["loss"] == pytest.approx(total / (len(tokens) - 1), rel=1e-5)
 
 
 @pytest.mark.parametrize("args, message", [
