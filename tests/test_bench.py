@@ -80,6 +80,13 @@ def check_derived_figures(report: dict) -> None:
         ratio = next(iter(figures[(section, name)]["ratios"].values()))
         assert ratio == pytest.approx(median(figures[(section, name)]["samples"])
                                       / median(figures[baseline]["samples"]), rel=1e-9), name
+    for batch in (1, 8, 32):
+        engine = figures[("generation", f"ours, engine, {batch} seq")]
+        expected = {"HF": median(engine["samples"]) / median(figures[("generation", f"HF generate, {batch} seq")]
+                                                              ["samples"])}
+        expected["sample_tokens" if batch == 1 else "ours at 1 seq"] = median(engine["samples"]) / median(
+            figures[("generation", "ours, sample_tokens" if batch == 1 else "ours, engine, 1 seq")]["samples"])
+        assert engine["ratios"] == pytest.approx(expected, rel=1e-9), batch
     peaks = figures[("hardware", "peak matmul (float32)")]["samples"]  # TFLOP/s
     for name in ("ours, eager", "HF GPT2LMHeadModel"):
         expected = [100 * flops_per_token * rate / (peak * 1e12)

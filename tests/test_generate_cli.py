@@ -10,7 +10,7 @@ import torch
 
 from model.model import Model, preset
 from tinystories.checkpoint import model_checkpoint, save_checkpoint
-from tinystories.tokenizer import get_tokenizer
+from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Loaded by path: a module named "generate" (or "evaluate") could be another package's.
@@ -70,6 +70,47 @@ def test_json_reports_text_ids_and_speed_per_sample(checkpoint, tmp_path, monkey
         assert sample["tokens_per_second"] > 0
         ids = sample["token_ids"][:-1] if sample["ended_with_eos"] else sample["token_ids"]
         assert sample["text"] == get_tokenizer().decode(ids)
+
+
+def test_json_reports_the_chosen_seed_and_that_seed_repeats_the_text(checkpoint, monkeypatch, capsys):
+    status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--max_tokens", "15", "--json", "true")
+    assert status == 0, err
+    chosen = json.loads(out)
+    assert isinstance(chosen["seed"], int)
+    again = json.loads(run(monkeypatch, capsys, "--model", str(checkpoint), "--max_tokens", "15", "--json", "true",
+                           "--seed", str(chosen["seed"]))[1])
+    assert again["samples"][0]["token_ids"] == chosen["samples"][0]["token_ids"]
+
+
+@pytest.fixture(scope="module")
+def eager_checkpoint(tmp_path_factory) -> Path:
+    """A model that greedily ends its story after a few tokens: perturbed weights, and <|endoftext|>'s
+    embedding, which is also its output row, moved towards the final norm's scale."""
+    torch.manual_seed(0)
+    model = Model(preset("tiny", dropout=0.0))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+        model.token_embedding.weight[EOT_ID] += 3.0 * model.final_norm.weight
+    path = tmp_path_factory.mktemp("eager") / "model.pth"
+    save_checkpoint(path, model_checkpoint(model, step=0))
+    return path
+
+
+def test_ignore_eos_keeps_going_and_shows_the_end_of_text(eager_checkpoint, monkeypatch, capsys):
+    greedy = ["--model", str(eager_checkpoint), "--temperature", "0", "--max_tokens", "20"]
+    status, out, err = run(monkeypatch, capsys, *greedy, "--json", "true")
+    assert status == 0, err
+    stopped = json.loads(out)["samples"][0]
+    assert stopped["ended_with_eos"] and stopped["token_ids"][-1] == EOT_ID and len(stopped["token_ids"]) < 20
+    assert "<|endoftext|>" not in stopped["text"]
+    status, out, err = run(monkeypatch, capsys, *greedy, "--json", "true", "--ignore_eos", "true")
+    kept_going = json.loads(out)["samples"][0]
+    assert len(kept_going["token_ids"]) == 20 and not kept_going["ended_with_eos"]
+    assert kept_going["token_ids"][:len(stopped["token_ids"])] == stopped["token_ids"]
+    assert "<|endoftext|>" in kept_going["text"] and kept_going["text"] == get_tokenizer().decode(kept_going["token_ids"])
+    status, out, err = run(monkeypatch, capsys, *greedy, "--ignore_eos", "true")
+    assert status == 0 and out.startswith("Once upon a time") and "<|endoftext|>" in out
 
 
 def test_labels_several_samples_in_text_mode(checkpoint, monkeypatch, capsys):
