@@ -119,11 +119,25 @@ def test_filters_match_hugging_face_warpers():
         assert torch.allclose(probabilities, theirs[ids], atol=1e-6)
 
 
-@pytest.mark.parametrize("settings", [dict(temperature=-0.1), dict(temperature=2.5), dict(top_k=-1),
-                                      dict(top_p=0.0), dict(top_p=1.5)])
-def test_out_of_range_settings_are_user_errors(settings):
-    with pytest.raises(UserError):
+@pytest.mark.parametrize("settings, flag", [(dict(temperature=-0.1), "--temperature"),
+                                            (dict(temperature=2.5), "--temperature"), (dict(top_k=-1), "--top_k"),
+                                            (dict(top_p=0.0), "--top_p"), (dict(top_p=1.5), "--top_p")])
+def test_out_of_range_settings_are_user_errors_naming_the_flag(settings, flag):
+    with pytest.raises(UserError, match=flag):
         SamplingConfig(**settings)
+
+
+def test_the_ranges_include_their_closed_ends():
+    for settings in (dict(temperature=0.0), dict(temperature=2.0), dict(top_k=0), dict(top_p=1.0)):
+        SamplingConfig(**settings)
+
+
+def test_top_p_one_keeps_even_tokens_whose_mass_rounds_away():
+    # In float32 the first token's probability is 1.0, so the mass before the second one is already 1.0:
+    # top_p = 1 must disable the filter, not compare against it.
+    ids, probabilities = next_token_distribution(torch.tensor([0.0, -30.0, -31.0]),
+                                                 SamplingConfig(temperature=1.0, top_k=0, top_p=1.0))
+    assert sorted(ids.tolist()) == [0, 1, 2] and probabilities[0] == 1.0
 
 
 def test_draws_follow_the_filtered_distribution():
