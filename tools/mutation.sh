@@ -4,7 +4,8 @@
 #   bash tools/mutation.sh tinystories/sampling.py tests/test_sampling.py [more test modules...]
 # Works in a scratch copy of the working tree (MUTATION_DIR, default a new temporary folder), so the
 # checkout is never touched; prints the score and the surviving mutants, and leaves the copy for
-# `cd $MUTATION_DIR && mutmut show NAME`.
+# `cd $MUTATION_DIR && mutmut show NAME`. MUTANTS="name ..." tries only those mutants (e.g. an earlier
+# run's survivors, after the tests changed).
 set -euo pipefail
 module=$1; shift
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,9 +25,11 @@ mkdir -p "$work"
 cd "$work"
 # One thread per test run: the mutants run one after another, and idle OpenMP threads only spin.
 export OMP_NUM_THREADS=1
-nice -n 10 mutmut run --max-children "${MUTATION_JOBS:-1}" > mutmut-run.log 2>&1 || { tail -30 mutmut-run.log; exit 1; }
+# shellcheck disable=SC2086  # MUTANTS is a list of names
+nice -n 10 mutmut run --max-children "${MUTATION_JOBS:-1}" ${MUTANTS:-} > mutmut-run.log 2>&1 || { tail -30 mutmut-run.log; exit 1; }
 mutmut results --all true > mutmut-results.txt
-killed=$(grep -c ': killed$' mutmut-results.txt || true)
-total=$(grep -c ': ' mutmut-results.txt || true)
-echo "$module: $killed of $total mutants killed ($(( total ? 100 * killed / total : 0 ))%); work folder $work"
-grep -v ': killed$' mutmut-results.txt || true
+# A mutant that makes the tests time out (an endless loop) is detected too.
+detected=$(grep -cE ': (killed|timeout)$' mutmut-results.txt || true)
+tried=$(grep -cE ': (killed|timeout|survived|suspicious)$' mutmut-results.txt || true)
+echo "$module: $detected of $tried mutants detected ($(( tried ? 100 * detected / tried : 0 ))%); work folder $work"
+grep -vE ': (killed|timeout)$' mutmut-results.txt || true
