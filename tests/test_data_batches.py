@@ -68,6 +68,12 @@ def test_resume_continues_exactly():
         assert torch.equal(got_x, x) and torch.equal(got_y, y)
     with pytest.raises(UserError, match="does not fit"):
         resumed.load_state_dict({"epoch": 0, "position": 7})
+    with pytest.raises(UserError, match="does not fit"):
+        resumed.load_state_dict({"epoch": -1, "position": 0})
+    # A run stopped within its first epoch resumes too.
+    early = WindowBatches(tokens, BLOCK, batch_size=4, seed=1)
+    early.load_state_dict({"epoch": 0, "position": 3})
+    assert torch.equal(early.next_batch()[0], expected[3][0])
 
 
 @pytest.mark.parametrize("world_size, batch_size", [(2, 3), (3, 2), (4, 1)])
@@ -85,8 +91,10 @@ def test_ranks_together_equal_one_rank_with_the_whole_batch(world_size, batch_si
 def test_too_small_splits_are_user_errors():
     with pytest.raises(UserError, match="too few for one window"):
         WindowBatches(counting_tokens(BLOCK), BLOCK, batch_size=1, seed=0)
-    with pytest.raises(UserError, match="fewer than one batch"):
+    with pytest.raises(UserError, match="fewer than one batch of 4;"):
         WindowBatches(counting_tokens(BLOCK * 3 + 1), BLOCK, batch_size=2, seed=0, world_size=2)
+    # Exactly one batch per epoch is enough.
+    assert WindowBatches(counting_tokens(BLOCK * 4 + 1), BLOCK, batch_size=2, seed=0, world_size=2).batches_per_epoch == 1
 
 
 def test_fixed_eval_batches_are_the_same_every_call():
