@@ -316,6 +316,25 @@ def test_utf8_stream_never_splits_a_character():
     assert "" in pieces and all("\ufffd" not in piece for piece in pieces)
 
 
+def test_utf8_stream_flushes_an_unfinished_character_as_a_replacement():
+    ids = get_tokenizer().encode("🐈")
+    assert len(ids) > 1  # the cat's four bytes span several tokens
+    stream = Utf8Stream()
+    assert stream.push(ids[0]) == "" and stream.flush() == "\ufffd"
+
+
+def test_complete_runs_beam_search_or_seeded_sampling(model):
+    assert get_tokenizer().encode_ordinary("Once upon a time") == PROMPT
+    beams = complete(model, "Once upon a time", 12, GREEDY, num_beams=3, stop_at_eos=False)
+    assert beams.token_ids == beam_search(model, PROMPT, 12, num_beams=3, stop_at_eos=False)
+    assert beams.text == get_tokenizer().decode(beams.token_ids) and beams.prompt == "Once upon a time"
+    sampling = SamplingConfig(temperature=1.0)
+    sampled = complete(model, "Once upon a time", 12, sampling, generator=torch.Generator().manual_seed(4),
+                       stop_at_eos=False)
+    assert sampled.token_ids == list(sample_tokens(model, PROMPT, 12, sampling, torch.Generator().manual_seed(4),
+                                                   stop_at_eos=False))
+
+
 def _is_utf8(data: bytes) -> bool:
     try:
         data.decode("utf-8")
