@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinystories.data.batches import WindowBatches, fixed_eval_batches
+from tinystories.data.batches import WindowBatches, fixed_eval_batches, window_count
 from tinystories.errors import UserError
 
 BLOCK = 8
@@ -89,8 +89,10 @@ def test_ranks_together_equal_one_rank_with_the_whole_batch(world_size, batch_si
 
 
 def test_too_small_splits_are_user_errors():
-    with pytest.raises(UserError, match="too few for one window"):
+    with pytest.raises(UserError, match=f"has {BLOCK} tokens, too few for one window of {BLOCK + 1}; "
+                                        "use more data or a smaller --block_size"):
         WindowBatches(counting_tokens(BLOCK), BLOCK, batch_size=1, seed=0)
+    assert window_count(counting_tokens(BLOCK + 1), BLOCK) == 1  # one window is enough
     with pytest.raises(UserError, match="fewer than one batch of 4;"):
         WindowBatches(counting_tokens(BLOCK * 3 + 1), BLOCK, batch_size=2, seed=0, world_size=2)
     # Exactly one batch per epoch is enough.
