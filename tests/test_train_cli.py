@@ -87,7 +87,10 @@ def test_two_gloo_ranks_follow_the_single_process_trajectory(synthetic_data_dir,
     assert single.wait() == 0, single.stderr.read()[-3000:]
     one, two = (torch.load(tmp_path / name / "checkpoints" / "checkpoint.pth", weights_only=True)
                 for name in ("one", "two"))
-    for entry_one, entry_two in zip(one["training_state"]["history"], two["training_state"]["history"]):
+    history_one, history_two = one["training_state"]["history"], two["training_state"]["history"]
+    # zip stops at the shorter history: an empty or short one must fail here, not pass unchecked.
+    assert [entry["step"] for entry in history_one] == [entry["step"] for entry in history_two] == [3, 6]
+    for entry_one, entry_two in zip(history_one, history_two):
         for key in ("train_loss", "val_loss"):
             assert entry_two[key] == pytest.approx(entry_one[key], rel=1e-5), key
     assert len(one["rng"]) == 1 and len(two["rng"]) == 2

@@ -37,19 +37,21 @@ def test_weight_decay_applies_to_matrices_only():
     assert sum(p.numel() for p in decayed["params"] + plain["params"]) == model.num_parameters()
 
 
-def test_adamw_is_fused_on_the_cpu():
+def test_adamw_is_fused_on_the_cpu_with_the_readmes_betas():
     optimizer = make_optimizer(Model(preset("nano")), TrainConfig(), torch.device("cpu"))
     assert optimizer.defaults["fused"] is True
+    assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["lr"] == 1e-4
 
 
 def test_loss_falls_and_all_outputs_are_written(synthetic_data_dir, tmp_path):
     config = TrainConfig(preset="tiny", block_size=32, batch_size=4, gradient_accumulation_steps=1, max_steps=60,
-                         learning_rate=3e-3, min_lr=3e-4, warmup_steps=5, eval_interval=20, eval_iters=4,
+                         learning_rate=3e-3, min_lr=3e-4, warmup_steps=5, eval_interval=25, eval_iters=4,
                          device="cpu", compile="false", out_dir=str(tmp_path))
     summary = Trainer(config, synthetic_config(synthetic_data_dir)).run()
     history = json.loads(Path(summary["log"]).read_text())["history"]
     val_losses = [entry["val_loss"] for entry in history]
-    assert [entry["step"] for entry in history] == [20, 40, 60]
+    # 60 is not a multiple of 25: the last step is evaluated (and can be the best model) all the same.
+    assert [entry["step"] for entry in history] == [25, 50, 60]
     # Random guessing scores ln 50257 = 10.8 nats; a learnable corpus must fall well below it.
     assert val_losses == sorted(val_losses, reverse=True) and val_losses[-1] < 7.5
     assert summary["best_val_loss"] == pytest.approx(val_losses[-1])
@@ -58,8 +60,16 @@ def test_loss_falls_and_all_outputs_are_written(synthetic_data_dir, tmp_path):
     assert (tmp_path / "logs" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     best = torch.load(tmp_path / "checkpoints" / "best_model.pth", weights_only=True)
     assert best["step"] == 60 and best["val_loss"] == pytest.approx(val_losses[-1])
-    for key in ("tokens_seen", "tokens_per_second", "lr", "epoch", "train_loss", "elapsed_seconds"):
-        assert key in history[-1]
+    for entry in history:
+        step = entry["step"]
+        # The learning rate of the step's own update (update step - 1, counting from 0): warmup over 5 updates,
+        # then cosine from 3e-3 down to 3e-4 at update 60, as the README's schedule says.
+        progress = (step - 1 - 5) / (60 - 5)
+        assert entry["lr"] == pytest.approx(3e-4 + 0.5 * (1 + math.cos(math.pi * progress)) * (3e-3 - 3e-4))
+        assert entry["tokens_seen"] == step * 4 * 32  # steps x batch_size x block_size x accumulation (1)
+        assert entry["tokens_per_second"] > 0 and entry["epoch"] >= 0 and 0 < entry["train_loss"] < 11
+    elapsed = [entry["elapsed_seconds"] for entry in history]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(synthetic_data_dir, tmp_path,
