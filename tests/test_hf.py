@@ -53,7 +53,7 @@ def greedy_ours(model: Model, prompt: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def run_export(*args: str, env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "export.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "export.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=env)
 
 
