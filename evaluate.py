@@ -25,6 +25,7 @@ from tinystories.evaluation import (ConcatenatedTokens, Tokens, count_stories, f
 from tinystories.files import atomic_write, ensure_folder, write_json
 from tinystories.hardware import DEVICE_HELP, resolve_device
 from tinystories.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL
+from tinystories.precision import PRECISION_HELP, PRECISIONS, rounded_copy
 from tinystories.sampling import Completion, SamplingConfig, decoding_model
 from tinystories.tokenizer import get_tokenizer
 
@@ -48,6 +49,8 @@ class EvaluateConfig:
         "help": "windows of block_size tokens per forward; halved automatically while memory runs out"})
     output: str = field(default="results/evaluation.json", metadata={"help": "where the JSON report goes"})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+    precision: str = field(default="float32", metadata={
+        "choices": list(PRECISIONS), "help": PRECISION_HELP + "; the loss is that of the rounded weights"})
     generate: int = field(default=0, metadata={
         "help": "also complete the first sentences of the first N stories and measure the completions"})
     max_tokens: int = field(default=256, metadata={"help": "new tokens per completion, at most (with --generate)"})
@@ -90,8 +93,8 @@ def complete_first_sentences(model: torch.nn.Module, tokens: Tokens, config: Eva
     """Completions decoded together; completion k's generator is seeded sequence_seed(--seed, k)."""
     prompts = [first_sentence(story) for story in story_texts(tokens, config.generate)]
     batch_size = config.generate_batch_size or default_batch_size(model.token_embedding.weight.device)
-    return complete_all(decoding_model(model), prompts, config.max_tokens, sampling, config.seed, batch_size,
-                        progress=sys.stderr.isatty())
+    return complete_all(decoding_model(model, config.precision), prompts, config.max_tokens, sampling, config.seed,
+                        batch_size, progress=sys.stderr.isatty())
 
 
 def write_completions(path: Path, completions: list[Completion]) -> None:
@@ -135,9 +138,10 @@ def main() -> None:
     tokens, source = evaluation_tokens(config)
     device = resolve_device(config.device)
     model, checkpoint = load_model(config.model, device)
-    result = stream_loss(model, tokens, config.batch_size, progress=sys.stderr.isatty())
+    scored = rounded_copy(model, config.precision)
+    result = stream_loss(scored, tokens, config.batch_size, progress=sys.stderr.isatty())
     report: dict[str, Any] = {
-        "model": config.model, "step": checkpoint.get("step"),
+        "model": config.model, "step": checkpoint.get("step"), "precision": config.precision,
         "split": None if config.data_path else config.split, "data": source, "max_samples": config.max_samples,
         "stories": count_stories(tokens), "tokens": result.tokens, "bytes": result.bytes,
         "loss": result.loss, "perplexity": result.perplexity, "bits_per_byte": result.bits_per_byte,

@@ -1,30 +1,49 @@
-"""Convert between our checkpoints and Hugging Face GPT-2 model folders.
+"""Convert between our checkpoints and Hugging Face GPT-2 model folders, and export GGUF files for llama.cpp.
 
     python export.py --model results/checkpoints/best_model.pth --out hf_model/   # ours -> Hugging Face
     python export.py --from_hf hf_model/ --out model.pth                          # Hugging Face -> ours
+    python export.py --model results/checkpoints/best_model.pth --format gguf --out model.gguf [--outtype f16]
 
 --from_hf also takes a hub repo id of any GPT-2-architecture model whose sizes fit our Config.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from tinystories.checkpoint import load_model, model_checkpoint, save_checkpoint
 from tinystories.cli import ArgumentParser
 from tinystories.errors import UserError, run_main
+from tinystories.gguf_export import EXACT_GELU_WARNING, OUTTYPES, save_gguf
 from tinystories.hf import load_hf, save_hf
 
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="our checkpoint (.pth) to export as a Hugging Face model folder")
+    source.add_argument("--model", help="our checkpoint (.pth) to export (see --format)")
     source.add_argument("--from_hf", metavar="DIR_OR_REPO",
                         help="Hugging Face GPT-2 model folder or hub repo id to import as our checkpoint")
-    parser.add_argument("--out", required=True, help="the folder (with --model) or .pth file (with --from_hf) to write")
+    parser.add_argument("--out", required=True,
+                        help="the folder (--model, --format hf), .gguf file (--format gguf) or .pth file (--from_hf) to write")
+    parser.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                        help="with --model: a Hugging Face model folder, or one GGUF file for llama.cpp, Ollama, LM Studio")
+    parser.add_argument("--outtype", choices=OUTTYPES, default=None,
+                        help="GGUF weight type (default f32): f16 halves the file, q8_0 quarters it; vectors stay f32")
     args = parser.parse_args()
+    if args.outtype is not None and (args.model is None or args.format != "gguf"):
+        raise UserError("--outtype applies to --format gguf only")
+    if args.from_hf is not None and args.format != "hf":
+        raise UserError("--format applies to --model only (--from_hf always writes our .pth checkpoint)")
 
-    if args.model is not None:
+    if args.model is not None and args.format == "gguf":
+        model, _ = load_model(args.model)
+        save_gguf(model, args.out, args.outtype or "f32")
+        if model.config.activation == "gelu":
+            print(EXACT_GELU_WARNING, file=sys.stderr)
+        print(f"wrote GGUF file {args.out} ({args.outtype or 'f32'}, {Path(args.out).stat().st_size / 1e6:.1f} MB) "
+              f"for llama.cpp's gpt2 architecture with GPT-2's tokenizer")
+    elif args.model is not None:
         model, _ = load_model(args.model)
         files = save_hf(model, args.out)
         print(f"wrote Hugging Face model folder {args.out}: {', '.join(file.name for file in files)}")

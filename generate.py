@@ -23,6 +23,7 @@ from tinystories.engine import (Engine, GenerationRequest, as_completion, check_
 from tinystories.errors import UserError, run_main
 from tinystories.hardware import DEVICE_HELP, resolve_device
 from tinystories.paths import DEFAULT_MODEL
+from tinystories.precision import PRECISION_HELP, PRECISIONS
 from tinystories.sampling import Completion, SamplingConfig, complete, decoding_model
 from tinystories.tokenizer import get_tokenizer
 
@@ -45,6 +46,7 @@ class GenerateConfig:
         "help": "samples decoded together (None: 32 on the CPU, 256 on GPUs); each takes a KV cache of "
                 "2 x n_layer x block_size x n_embd x 4 bytes (9 MiB for the 33M model)"})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+    precision: str = field(default="float32", metadata={"choices": list(PRECISIONS), "help": PRECISION_HELP})
     ignore_eos: bool = field(default=False, metadata={
         "help": "keep generating after <|endoftext|> (which then appears in the text) until --max_tokens"})
     json: bool = field(default=False, metadata={
@@ -133,7 +135,7 @@ def main() -> None:
     prompts = read_prompts(config)
     device = resolve_device(config.device)
     model, checkpoint = load_model(config.model, device)
-    decoder = decoding_model(model)
+    decoder = decoding_model(model, config.precision)
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     completions: list[tuple[int, int, Completion]] = []
     engine = None

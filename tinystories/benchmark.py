@@ -15,8 +15,11 @@ import importlib.util
 import itertools
 import os
 import statistics
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -24,16 +27,19 @@ import torch
 from tqdm import tqdm
 
 from model.model import Config, Model
+from tinystories.checkpoint import load_model
 from tinystories.checks import PRESET_HELP, preset_config, require_at_least
 from tinystories.engine import Engine, GenerationRequest, sequence_seed
 from tinystories.errors import UserError
 from tinystories.hardware import (COMPILE_CHOICES, DEVICE_HELP, DTYPE_CHOICES, autocast, device_name, enable_tf32,
                                   flops_per_token, peak_flops, resolve_device, resolve_dtype, should_compile)
+from tinystories.precision import PRECISIONS, rounded_copy
 from tinystories.sampling import SamplingConfig, decoding_model, sample_tokens
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 from tinystories.training import TrainConfig, make_optimizer
 
-SECTIONS = ("training", "evaluation", "generation", "data")
+SECTIONS = ("training", "evaluation", "generation", "data", "cpu-inference")
+DEFAULT_SECTIONS = ("training", "evaluation", "generation", "data")  # cpu-inference needs requirements-gguf.txt
 PROMPT = "Once upon a time"
 HF_MODEL = "HF GPT2LMHeadModel"
 OURS_GENERATE = "ours, sample_tokens"
@@ -70,14 +76,18 @@ class BenchConfig:
     data_stories: int = field(default=5000, metadata={"help": "synthetic stories to tokenize (without --data_path)"})
     num_workers: Optional[int] = field(default=None, metadata={
         "help": "tokenizer threads, the same for both data contenders (None: every CPU)"})
-    sections: str = field(default=",".join(SECTIONS), metadata={
+    sections: str = field(default=",".join(DEFAULT_SECTIONS), metadata={
         "help": "comma-separated subset of " + ", ".join(SECTIONS)})
+    model: Optional[str] = field(default=None, metadata={
+        "help": "cpu-inference: a trained checkpoint to time and score (None: random weights of --preset)"})
+    loss_tokens: int = field(default=8192, metadata={
+        "help": "cpu-inference: tokens of --data_path stories (or synthetic ones) each mode's loss is measured on"})
     seed: int = field(default=1337, metadata={"help": "seed for the weights, batches and sampling"})
     json: str = field(default="results/bench.json", metadata={"metavar": "PATH", "help": "where the JSON report goes"})
 
     def __post_init__(self) -> None:
         require_at_least(self, ("batch_size", "seq_len", "steps", "num_workers", "repeats", "new_tokens",
-                                "data_stories"))
+                                "data_stories", "loss_tokens"))
         unknown = sorted(set(self.section_list) - set(SECTIONS))
         if unknown or not self.section_list:
             raise UserError(f"--sections must name some of {', '.join(SECTIONS)}; got {self.sections!r}")
@@ -116,7 +126,7 @@ def resolve_settings(config: BenchConfig) -> Settings:
     if "generation" in config.section_list and prompt_length + config.new_tokens > model_config.block_size:
         raise UserError(f"--new_tokens {config.new_tokens} plus the {prompt_length}-token prompt exceed the "
                         f"{config.preset} preset's block_size {model_config.block_size}; lower --new_tokens")
-    if set(config.section_list) - {"data"} and importlib.util.find_spec("transformers") is None:
+    if set(config.section_list) - {"data", "cpu-inference"} and importlib.util.find_spec("transformers") is None:
         raise UserError("bench.py compares against Hugging Face transformers: pip install -r requirements-dev.txt "
                         "(or pass --sections data)")
     on_gpu = device.type == "cuda"
@@ -452,6 +462,74 @@ def data_figures(config: BenchConfig, settings: Settings, rounds: int) -> list[F
     return compared("data", "MB/s", rates, bare_name, "tiktoken")
 
 
+LLAMA_F32 = "llama.cpp f32"
+
+
+def cpu_inference_model(config: BenchConfig) -> Model:
+    if config.model is not None:
+        return load_model(config.model)[0].eval()
+    torch.manual_seed(config.seed)
+    return Model(preset_config(config.preset, dropout=0.0)).eval()
+
+
+def cpu_inference_figures(config: BenchConfig, rounds: int) -> tuple[list[Figure], dict[str, str]]:
+    """Single-stream tokens/s on the CPU of our decoder in each precision and of llama.cpp on the GGUF export in
+    each weight type, interleaved, same prompt, sampling settings and threads; and each mode's loss minus ours
+    in float32 on the same text and windows. Also the llama.cpp modes that cannot run here, with the reason."""
+    from tinystories import llama_cpp_runner
+    from tinystories.data.pipeline import encode_stories
+    from tinystories.evaluation import stream_loss
+    from tinystories.gguf_export import OUTTYPES, save_gguf
+
+    model = cpu_inference_model(config)
+    block_size = model.config.block_size
+    prompt = get_tokenizer().encode_ordinary(PROMPT)
+    if len(prompt) + config.new_tokens > block_size:  # llama.cpp has no sliding window past its positions
+        raise UserError(f"--new_tokens {config.new_tokens} plus the {len(prompt)}-token prompt exceed the model's "
+                        f"block_size {block_size}; lower --new_tokens")
+    text = encode_stories(get_tokenizer(), benchmark_stories(config))[:config.loss_tokens + 1]
+    sampling = SamplingConfig()
+    generator = torch.Generator().manual_seed(config.seed)
+    reference_loss = stream_loss(model, text, batch_size=8, progress=False).loss
+    contenders, loss_differences, skipped = [], {}, {}
+
+    for precision in PRECISIONS:
+        decoder = decoding_model(model, precision)
+
+        def ours(decoder: Model = decoder) -> None:
+            count = sum(1 for _ in sample_tokens(decoder, prompt, config.new_tokens, sampling, generator,
+                                                 stop_at_eos=False))
+            assert count == config.new_tokens, f"ours generated {count} tokens, not {config.new_tokens}"
+        contenders.append(Contender(f"ours, {precision}", ours, config.new_tokens))
+        loss = stream_loss(rounded_copy(model, precision), text, batch_size=8, progress=False).loss
+        loss_differences[f"ours, {precision}"] = loss - reference_loss
+
+    with tempfile.TemporaryDirectory() as folder:
+        for outtype in OUTTYPES:
+            name, path = f"llama.cpp {outtype}", Path(folder) / f"model-{outtype}.gguf"
+            save_gguf(model, path, outtype)
+            reason = llama_cpp_runner.failure(path)
+            if reason is not None:
+                skipped[name] = reason
+                continue
+            scorer = llama_cpp_runner.load(path, n_ctx=block_size, logits_all=True)
+            loss_differences[name] = llama_cpp_runner.stream_loss(scorer, text, block_size) - reference_loss
+            del scorer
+            llm = llama_cpp_runner.load(path, n_ctx=block_size)
+
+            def theirs(llm: Any = llm) -> None:
+                count = len(llama_cpp_runner.sample(llm, prompt, config.new_tokens, sampling))
+                assert count == config.new_tokens, f"llama.cpp generated {count} tokens, not {config.new_tokens}"
+            contenders.append(Contender(name, theirs, config.new_tokens))
+        rates, _ = interleave(contenders, rounds, torch.device("cpu"), "cpu-inference")
+    if LLAMA_F32 not in rates:
+        raise UserError(f"llama.cpp cannot run the f32 GGUF file here: {skipped[LLAMA_F32]}")
+    figures = compared("cpu-inference", "tokens/s", rates, LLAMA_F32, LLAMA_F32)
+    figures += [Figure("cpu-inference", f"loss - ours float32, {name}", "nats/token", [difference])
+                for name, difference in loss_differences.items()]
+    return figures, skipped
+
+
 def package_version(name: str) -> Optional[str]:
     try:
         return importlib.metadata.version(name)
@@ -467,7 +545,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     enable_tf32(settings.device)
     report: dict[str, Any] = {
         "device": str(settings.device), "device_name": device_name(settings.device), "torch": torch.__version__,
-        **{package: package_version(package) for package in ("transformers", "tiktoken")},
+        **{package: package_version(package) for package in ("transformers", "tiktoken", "llama-cpp-python")},
         "settings": {**dataclasses.asdict(config), "resolved": settings.as_dict(),
                      "sampling": dataclasses.asdict(SamplingConfig())},
     }
@@ -483,6 +561,13 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         figures += generation_figures(settings, config.repeats, config.seed, config.new_tokens)
     if "data" in sections:
         figures += data_figures(config, settings, config.repeats)
+    if "cpu-inference" in sections:
+        inference, skipped = cpu_inference_figures(config, config.repeats)
+        figures += inference
+        report["cpu_inference"] = {"model": config.model or f"random weights, preset {config.preset}",
+                                   "loss_tokens": config.loss_tokens, "not_run": skipped}
+        for name, reason in skipped.items():
+            print(f"cpu-inference: {name} not measured: {reason}", file=sys.stderr)
     ordered = [figure for figure in figures if figure.section != "hardware"] + \
         [figure for figure in figures if figure.section == "hardware"]
     report["figures"] = [figure.as_dict() for figure in ordered]

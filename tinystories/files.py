@@ -5,12 +5,13 @@ share one), flushed to disk, and renamed over the target in one step.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Iterable, Iterator
 
 from tinystories.errors import UserError
 
@@ -50,8 +51,10 @@ def ensure_folder(folder: str | os.PathLike) -> Path:
     return path
 
 
-def atomic_write(path: str | os.PathLike, write: Any) -> None:
-    """Call `write(file_object)` on a temporary file beside `path`, fsync it, then rename it to `path`.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that opens its file by name; when the block completes, the
+    file is fsynced and renamed to `path`.
 
     A failure to write (a full disk, a folder gone read-only) is a UserError saying that the previous file,
     if any, is kept: the temporary file is removed and `path` is untouched.
@@ -60,13 +63,13 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         file, temporary = temporary_file_beside(target)
+        file.close()
     except OSError as error:
         raise _write_failed(target, error) from None
     try:
-        with file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
+        yield temporary
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, target)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
@@ -78,6 +81,13 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
         os.fsync(directory)  # make the rename itself durable
     finally:
         os.close(directory)
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
+    """Call `write(file_object)` on a temporary file beside `path`, then fsync and rename it to `path` as
+    atomic_path does (a failed write is the same UserError)."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        write(file)
 
 
 def _write_failed(target: Path, error: OSError) -> UserError:

@@ -25,6 +25,7 @@ import torch.nn as nn
 from model.model import Model
 from tinystories.checks import require_token_ids_within
 from tinystories.errors import UserError
+from tinystories.precision import PRECISIONS, int8_linears
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 
@@ -139,11 +140,20 @@ def _can_pack(model: Model) -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def decoding_model(model: Model) -> Model:
-    """A copy of `model` for generation only: forward returns the logits of the last position, (B, 1, V),
-    and on the CPU its linear layers are prepacked for oneDNN. Logits agree with `model` to float rounding."""
+def decoding_model(model: Model, precision: str = "float32") -> Model:
+    """A copy of `model` for generation only: forward returns the logits of the last position, (B, 1, V).
+
+    float32: on the CPU its linear layers are prepacked for oneDNN; logits agree with `model` to float
+    rounding. int8 (CPU only): weight-only int8 products (tinystories.precision).
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     decoder = copy.deepcopy(model).eval()
-    if _can_pack(decoder):
+    if precision == "int8":
+        if decoder.token_embedding.weight.device.type != "cpu":
+            raise UserError("--precision int8 runs on the CPU only (use --device cpu, or float32 on GPUs)")
+        int8_linears(decoder)
+    elif _can_pack(decoder):
         for module in list(decoder.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
