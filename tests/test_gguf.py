@@ -1,8 +1,9 @@
 """tinystories.gguf_export and `export.py --format gguf`, checked against llama.cpp itself (llama-cpp-python).
 
 llama.cpp reads GELU from a float16 table even in f32 files, so its logits are not bit-exact: the model is
-random but sharpened (logits spread over several units) so that greedy tokens are decided by clear margins,
-and the tolerances below are the measured differences with some headroom.
+random but sharpened (logits spread over several units, MLP outputs damped so the table's error stays small)
+so that greedy tokens are decided by clear margins, which the greedy test checks; the tolerances below are
+the measured differences with some headroom.
 """
 import subprocess
 import sys
@@ -22,9 +23,9 @@ from tinystories.sampling import SamplingConfig, decoding_model, sample_tokens  
 from tinystories.tokenizer import get_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-F32_TOLERANCE = 0.02  # max abs logit difference, f32 file; measured 0.0046 (float16 GELU table)
-F16_TOLERANCE = 0.1  # f16 weights; measured 0.021
-Q8_TOLERANCE = 0.5  # q8_0 weights; measured 0.12
+F32_TOLERANCE = 0.03  # max abs logit difference, f32 file, logits of std 8.6; measured 0.0097
+F16_TOLERANCE = 0.1  # f16 weights; measured 0.023
+Q8_TOLERANCE = 1.5  # q8_0 weights (the output layer too); measured 0.66
 PROMPTS = ["Once upon a time", "The little dog ran to the park and saw a big red ball.",
            "Tom said, \"I'm 7 years old!\" and", "Lily"]
 TOKENIZER_TEXT = ("Hello world! Once upon a time, 3 little cats said: \"don't\" — café 🐈 naïve Ünïcödé 日本語\n\n"
@@ -33,12 +34,15 @@ TOKENIZER_TEXT = ("Hello world! Once upon a time, 3 little cats said: \"don't\" 
 
 def sharpened_model(**overrides) -> Model:
     """A random tiny model whose logits spread over several units, like a trained model's."""
-    torch.manual_seed(0)
+    torch.manual_seed(2)
     model = Model(preset("tiny", dropout=0.0, activation="gelu_new", **overrides))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
         model.final_norm.weight.mul_(20.0)
+        model.position_embedding.weight.mul_(3.0)  # so that greedy tokens change along the sequence
+        for block in model.blocks:
+            block.mlp.proj.weight.mul_(0.25)
     return model.eval()
 
 
@@ -99,6 +103,8 @@ def test_f32_logits_match_ours(model, llama_f32):
 def test_f32_greedy_tokens_match_ours(model, llama_f32):
     for ids in prompt_ids()[:2]:
         ours = list(sample_tokens(decoding_model(model), ids, 32, SamplingConfig(temperature=0.0), stop_at_eos=False))
+        best_two = np.sort(our_logits(model, ids + ours[:-1])[len(ids) - 1:], axis=1)[:, -2:]
+        assert np.all(best_two[:, 1] - best_two[:, 0] > 4 * F32_TOLERANCE), "a near tie: greedy is not decided"
         llama_f32.reset()
         llama_f32.eval(ids)
         theirs = []
@@ -106,7 +112,7 @@ def test_f32_greedy_tokens_match_ours(model, llama_f32):
             theirs.append(int(np.argmax(llama_f32.scores[llama_f32.n_tokens - 1])))
             llama_f32.eval([theirs[-1]])
         assert ours == theirs
-        assert len(set(ours)) > 1, "a constant sequence would not test much"
+        assert len(set(ours)) > 8, "a repetitive sequence would not test much"
 
 
 def test_f16_logits_within_a_looser_tolerance(model, files):

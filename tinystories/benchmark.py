@@ -80,14 +80,15 @@ class BenchConfig:
         "help": "comma-separated subset of " + ", ".join(SECTIONS)})
     model: Optional[str] = field(default=None, metadata={
         "help": "cpu-inference: a trained checkpoint to time and score (None: random weights of --preset)"})
-    loss_tokens: int = field(default=8192, metadata={
-        "help": "cpu-inference: tokens of --data_path stories (or synthetic ones) each mode's loss is measured on"})
+    compare_tokens: int = field(default=8192, metadata={
+        "help": "cpu-inference: positions of --data_path stories (or synthetic ones) where each mode's logits "
+                "are compared with ours in float32"})
     seed: int = field(default=1337, metadata={"help": "seed for the weights, batches and sampling"})
     json: str = field(default="results/bench.json", metadata={"metavar": "PATH", "help": "where the JSON report goes"})
 
     def __post_init__(self) -> None:
         require_at_least(self, ("batch_size", "seq_len", "steps", "num_workers", "repeats", "new_tokens",
-                                "data_stories", "loss_tokens"))
+                                "data_stories", "compare_tokens"))
         unknown = sorted(set(self.section_list) - set(SECTIONS))
         if unknown or not self.section_list:
             raise UserError(f"--sections must name some of {', '.join(SECTIONS)}; got {self.sections!r}")
@@ -463,6 +464,7 @@ def data_figures(config: BenchConfig, settings: Settings, rounds: int) -> list[F
 
 
 LLAMA_F32 = "llama.cpp f32"
+REFERENCE = "ours float32"
 
 
 def cpu_inference_model(config: BenchConfig) -> Model:
@@ -472,13 +474,50 @@ def cpu_inference_model(config: BenchConfig) -> Model:
     return Model(preset_config(config.preset, dropout=0.0)).eval()
 
 
-def cpu_inference_figures(config: BenchConfig, rounds: int) -> tuple[list[Figure], dict[str, str]]:
+@dataclass
+class Agreement:
+    """How a mode's next-token logits compare with ours in float32 over the same positions."""
+    nll: float = 0.0  # summed cross-entropy of the actual next tokens
+    positions: int = 0
+    same_argmax: int = 0  # positions whose most likely token is ours float32's
+    max_difference: float = 0.0  # largest |logit - ours float32 logit|
+
+
+def agreements(reference: Callable[[list[int]], np.ndarray], modes: dict[str, Callable[[list[int]], np.ndarray]],
+               text: np.ndarray, block_size: int) -> tuple[Agreement, dict[str, Agreement]]:
+    """Every mode's logits (T, V) against the reference's, window by window in the windows evaluate.py scores:
+    consecutive windows of block_size inputs, each read from its own start (one window's logits at a time)."""
+    ours, results = Agreement(), {name: Agreement() for name in modes}
+    for start in range(0, len(text) - 1, block_size):
+        window = text[start:start + block_size + 1].astype(np.int64)
+        inputs, targets = window[:-1].tolist(), window[1:]
+        expected = reference(inputs)
+        rows = np.arange(len(targets))
+        for name, logits in [(REFERENCE, expected)] + [(name, mode(inputs)) for name, mode in modes.items()]:
+            result = ours if name == REFERENCE else results[name]
+            scores = logits.astype(np.float64)
+            peak = scores.max(axis=1)
+            result.nll += float((peak + np.log(np.exp(scores - peak[:, None]).sum(axis=1)) - scores[rows, targets]).sum())
+            result.positions += len(targets)
+            result.same_argmax += int((logits.argmax(axis=1) == expected.argmax(axis=1)).sum())
+            result.max_difference = max(result.max_difference, float(np.abs(logits - expected).max()))
+    return ours, results
+
+
+def torch_logits(model: Model) -> Callable[[list[int]], np.ndarray]:
+    @torch.inference_mode()
+    def logits(ids: list[int]) -> np.ndarray:
+        return model(torch.tensor([ids]))[0][0].numpy()
+    return logits
+
+
+def cpu_inference_figures(config: BenchConfig, rounds: int) -> tuple[list[Figure], dict[str, str], int]:
     """Single-stream tokens/s on the CPU of our decoder in each precision and of llama.cpp on the GGUF export in
-    each weight type, interleaved, same prompt, sampling settings and threads; and each mode's loss minus ours
-    in float32 on the same text and windows. Also the llama.cpp modes that cannot run here, with the reason."""
+    each weight type, interleaved, same prompt, sampling settings and threads; and how far each mode's logits
+    are from ours in float32 on the same text (loss, largest difference, greedy agreement). Also the llama.cpp
+    modes that cannot run here, with the reason, and the number of positions compared."""
     from tinystories import llama_cpp_runner
     from tinystories.data.pipeline import encode_stories
-    from tinystories.evaluation import stream_loss
     from tinystories.gguf_export import OUTTYPES, save_gguf
 
     model = cpu_inference_model(config)
@@ -487,11 +526,10 @@ def cpu_inference_figures(config: BenchConfig, rounds: int) -> tuple[list[Figure
     if len(prompt) + config.new_tokens > block_size:  # llama.cpp has no sliding window past its positions
         raise UserError(f"--new_tokens {config.new_tokens} plus the {len(prompt)}-token prompt exceed the model's "
                         f"block_size {block_size}; lower --new_tokens")
-    text = encode_stories(get_tokenizer(), benchmark_stories(config))[:config.loss_tokens + 1]
+    text = encode_stories(get_tokenizer(), benchmark_stories(config))[:config.compare_tokens + 1]
     sampling = SamplingConfig()
     generator = torch.Generator().manual_seed(config.seed)
-    reference_loss = stream_loss(model, text, batch_size=8, progress=False).loss
-    contenders, loss_differences, skipped = [], {}, {}
+    contenders, modes, skipped = [], {}, {}
 
     for precision in PRECISIONS:
         decoder = decoding_model(model, precision)
@@ -500,9 +538,9 @@ def cpu_inference_figures(config: BenchConfig, rounds: int) -> tuple[list[Figure
             count = sum(1 for _ in sample_tokens(decoder, prompt, config.new_tokens, sampling, generator,
                                                  stop_at_eos=False))
             assert count == config.new_tokens, f"ours generated {count} tokens, not {config.new_tokens}"
-        contenders.append(Contender(f"ours, {precision}", ours, config.new_tokens))
-        loss = stream_loss(rounded_copy(model, precision), text, batch_size=8, progress=False).loss
-        loss_differences[f"ours, {precision}"] = loss - reference_loss
+        contenders.append(Contender(f"ours {precision}", ours, config.new_tokens))
+        if precision != "float32":
+            modes[f"ours {precision}"] = torch_logits(rounded_copy(model, precision))
 
     with tempfile.TemporaryDirectory() as folder:
         for outtype in OUTTYPES:
@@ -513,21 +551,26 @@ def cpu_inference_figures(config: BenchConfig, rounds: int) -> tuple[list[Figure
                 skipped[name] = reason
                 continue
             scorer = llama_cpp_runner.load(path, n_ctx=block_size, logits_all=True)
-            loss_differences[name] = llama_cpp_runner.stream_loss(scorer, text, block_size) - reference_loss
-            del scorer
+            modes[name] = lambda ids, scorer=scorer: llama_cpp_runner.logits(scorer, ids)
             llm = llama_cpp_runner.load(path, n_ctx=block_size)
 
             def theirs(llm: Any = llm) -> None:
                 count = len(llama_cpp_runner.sample(llm, prompt, config.new_tokens, sampling))
                 assert count == config.new_tokens, f"llama.cpp generated {count} tokens, not {config.new_tokens}"
             contenders.append(Contender(name, theirs, config.new_tokens))
+        if LLAMA_F32 not in modes:
+            raise UserError(f"llama.cpp cannot run the f32 GGUF file here: {skipped[LLAMA_F32]}")
+        reference, results = agreements(torch_logits(model), modes, text, block_size)
         rates, _ = interleave(contenders, rounds, torch.device("cpu"), "cpu-inference")
-    if LLAMA_F32 not in rates:
-        raise UserError(f"llama.cpp cannot run the f32 GGUF file here: {skipped[LLAMA_F32]}")
     figures = compared("cpu-inference", "tokens/s", rates, LLAMA_F32, LLAMA_F32)
-    figures += [Figure("cpu-inference", f"loss - ours float32, {name}", "nats/token", [difference])
-                for name, difference in loss_differences.items()]
-    return figures, skipped
+    for name, result in results.items():
+        figures += [
+            Figure("cpu-inference", f"loss - {REFERENCE}, {name}", "nats/token",
+                   [(result.nll - reference.nll) / result.positions]),
+            Figure("cpu-inference", f"max |logit - {REFERENCE}|, {name}", "logit", [result.max_difference]),
+            Figure("cpu-inference", f"greedy token = {REFERENCE}'s, {name}", "% of positions",
+                   [100 * result.same_argmax / result.positions])]
+    return figures, skipped, reference.positions
 
 
 def package_version(name: str) -> Optional[str]:
@@ -562,10 +605,10 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     if "data" in sections:
         figures += data_figures(config, settings, config.repeats)
     if "cpu-inference" in sections:
-        inference, skipped = cpu_inference_figures(config, config.repeats)
+        inference, skipped, positions = cpu_inference_figures(config, config.repeats)
         figures += inference
         report["cpu_inference"] = {"model": config.model or f"random weights, preset {config.preset}",
-                                   "loss_tokens": config.loss_tokens, "not_run": skipped}
+                                   "positions_compared": positions, "not_run": skipped}
         for name, reason in skipped.items():
             print(f"cpu-inference: {name} not measured: {reason}", file=sys.stderr)
     ordered = [figure for figure in figures if figure.section != "hardware"] + \

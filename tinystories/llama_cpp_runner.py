@@ -69,17 +69,3 @@ def sample(llm: Any, prompt: list[int], new_tokens: int, sampling: SamplingConfi
             break
     return tokens
 
-
-def stream_loss(llm: Any, tokens: np.ndarray, block_size: int) -> float:
-    """Mean cross-entropy (nats/token) of the stream in the windows tinystories.evaluation.stream_loss uses:
-    consecutive windows of block_size inputs, each scored from its own start, then the tail."""
-    nll, count = 0.0, 0
-    for start in range(0, len(tokens) - 1, block_size):
-        window = tokens[start:start + block_size + 1].astype(np.int64)
-        scores = logits(llm, window[:-1].tolist()).astype(np.float64)
-        peak = scores.max(axis=1)
-        log_normaliser = peak + np.log(np.exp(scores - peak[:, None]).sum(axis=1))
-        nll += float((log_normaliser - scores[np.arange(len(window) - 1), window[1:]]).sum())
-        count += len(window) - 1
-    return nll / count
-
