@@ -7,8 +7,8 @@ is transposed (Hugging Face's Conv1D layout is the transposed one). The output l
 embedding, which llama.cpp reuses when no `output.weight` is present.
 
 llama.cpp's GPT-2 graph computes GELU with the tanh approximation, read from a float16 table even in f32
-files, so a `gelu_new` model matches ours to about a thousandth of a logit and an exact-GELU model is
-approximated (EXACT_GELU_WARNING gives the measured size; docs/gguf.md how it was measured).
+files, so a `gelu_new` model matches ours to about a thousandth of the logits' scale and an exact-GELU
+model is approximated (EXACT_GELU_WARNING gives the measured size).
 `gguf` is an optional dependency (requirements-gguf.txt), imported lazily.
 """
 from __future__ import annotations
@@ -28,11 +28,13 @@ from tinystories.files import atomic_path
 from tinystories.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, bpe_file_paths
 
 OUTTYPES = ("f32", "f16", "q8_0")
-# Measured with docs/gguf.md's command on the 33M quick-start model and 16k positions of TinyStories validation text.
+# Measured by bench.py's cpu-inference section (docs/benchmarks.md) on the README's quick-start model (tiny
+# preset, exact GELU, 50 steps) over 8,192 positions of TinyStories validation text.
 EXACT_GELU_WARNING = (
     "warning: this model uses exact GELU (activation='gelu'); llama.cpp's GPT-2 uses the tanh approximation, "
-    "so its logits differ from ours (measured on a trained 33M model: max difference 0.11, greedy next token "
-    "equal at 99.7% of positions); train with --activation gelu_new for an exact match")
+    "so its logits differ from ours (measured on a small trained model: max difference 0.0024, greedy next "
+    "token equal at 100% of 8,192 positions; larger, better-trained models may differ more); "
+    "train with --activation gelu_new for a match to float rounding")
 
 
 def _gguf() -> ModuleType:
