@@ -5,6 +5,7 @@ random but sharpened (logits spread over several units, MLP outputs damped so th
 so that greedy tokens are decided by clear margins, which the greedy test checks; the tolerances below are
 the measured differences with some headroom.
 """
+import json
 import subprocess
 import sys
 from dataclasses import asdict
@@ -168,3 +169,25 @@ def test_unrepresentable_models_and_bad_flags_are_refused(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith("error: ") and message in result.stderr
     assert not (tmp_path / "nano.gguf").exists()
+
+
+def test_bench_cpu_inference_section_times_and_compares_every_mode(tmp_path):
+    report_path = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--sections", "cpu-inference", "--preset",
+                             "tiny", "--new_tokens", "8", "--repeats", "1", "--compare_tokens", "200",
+                             "--data_stories", "5", "--json", str(report_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    figures = {figure["name"]: figure for figure in report["figures"]}
+    ran = ["llama.cpp f32", "llama.cpp f16"] + [name for name in ["llama.cpp q8_0"] if name not in
+                                                 report["cpu_inference"]["not_run"]]
+    for name in ["ours float32", "ours int8"] + ran:
+        assert figures[name]["unit"] == "tokens/s" and figures[name]["median"] > 0
+    assert figures["ours float32"]["ratios"] == {"llama.cpp f32": pytest.approx(
+        figures["ours float32"]["median"] / figures["llama.cpp f32"]["median"])}
+    assert report["cpu_inference"]["positions_compared"] == 200
+    for name in ["ours int8"] + ran:
+        assert 0 <= figures[f"max |logit - ours float32|, {name}"]["median"] < 1
+        assert figures[f"greedy token = ours float32's, {name}"]["median"] > 50
+    assert "cpu-inference" in result.stdout
