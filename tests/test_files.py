@@ -1,11 +1,12 @@
-"""tinystories/files.py: atomic writes keep the previous file on failure and give ordinary permissions; a killed
-save's temporaries are found by name; JSON is written atomically."""
+"""tinystories/files.py: atomic writes keep the previous file on failure and give ordinary permissions (also for a
+writer that opens the file by name); a killed save's temporaries are found by name; JSON is written atomically."""
 import json
 import os
 
 import pytest
 
-from tinystories.files import atomic_write, remove_stale_temporaries, write_json
+from tinystories.errors import UserError
+from tinystories.files import atomic_path, atomic_write, remove_stale_temporaries, write_json
 
 
 def test_failed_atomic_write_keeps_the_previous_file(tmp_path):
@@ -20,6 +21,23 @@ def test_failed_atomic_write_keeps_the_previous_file(tmp_path):
         atomic_write(path, crash)
     assert path.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+
+
+def test_atomic_path_renames_on_success_and_keeps_the_previous_file_on_a_write_error(tmp_path):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"previous")
+    with pytest.raises(UserError, match=r"could not write .*model.gguf: .*; the previous model.gguf is kept"):
+        with atomic_path(path) as temporary:
+            assert temporary.parent == tmp_path and temporary != path
+            temporary.write_bytes(b"partial")
+            raise OSError(28, "No space left on device")
+    assert path.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
+
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(b"new")
+    assert path.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
 
 
 def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
