@@ -3,11 +3,13 @@
     python bench.py --device cpu                        # the CPU table of docs/benchmarks.md
     python bench.py --device cuda --json results/bench_gpu.json
 
-Prints one table and writes the JSON report (device, versions, settings, every round's figure).
+Prints one table and writes the JSON report (device, versions, settings, every round's figure) to --json, or to
+results/bench_YYYYMMDD_HHMMSS.json so that earlier reports are kept.
 """
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 
 from tinystories.benchmark import BenchConfig, format_table, run_benchmark
 from tinystories.cli import ArgumentParser, parse_dataclasses
@@ -18,12 +20,14 @@ from tinystories.files import write_json
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     [config] = parse_dataclasses(parser, [(BenchConfig, "benchmark")], argv)
+    path = config.report_path(datetime.now())
     report = run_benchmark(config)
-    write_json(config.json, report)
+    replaced = path.exists()
+    write_json(path, report)
     print(f"{report['device_name']}; torch {report['torch']}, transformers {report['transformers']}, "
           f"tiktoken {report['tiktoken']}; {report['seconds']} s")
     print(format_table(report))
-    print(f"wrote {config.json}", file=sys.stderr)
+    print(f"{'replaced the earlier report' if replaced else 'wrote'} {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

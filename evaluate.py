@@ -22,7 +22,7 @@ from tinystories.engine import complete_all, default_batch_size
 from tinystories.errors import UserError, run_main
 from tinystories.evaluation import (ConcatenatedTokens, Tokens, count_stories, first_sentence, first_stories,
                                    generation_quality, story_texts, stream_loss)
-from tinystories.files import atomic_write, ensure_folder, write_json
+from tinystories.files import atomic_write, ensure_folder, folders_removed_on_failure, write_json
 from tinystories.hardware import DEVICE_HELP, resolve_device
 from tinystories.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL
 from tinystories.precision import PRECISION_HELP, PRECISIONS, rounded_copy
@@ -134,6 +134,11 @@ def summary(report: dict[str, Any]) -> str:
 
 def main() -> None:
     config, sampling = parse_arguments()
+    with folders_removed_on_failure(Path(config.output).parent):
+        evaluate_and_report(config, sampling)
+
+
+def evaluate_and_report(config: EvaluateConfig, sampling: SamplingConfig) -> None:
     ensure_folder(Path(config.output).parent)  # a bad --output fails now, not after the evaluation
     tokens, source = evaluation_tokens(config)
     device = resolve_device(config.device)

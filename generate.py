@@ -21,6 +21,7 @@ from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.engine import (Engine, GenerationRequest, as_completion, check_cache_fits, default_batch_size,
                                 sequence_seed)
 from tinystories.errors import UserError, run_main
+from tinystories.files import atomic_write
 from tinystories.hardware import DEVICE_HELP, resolve_device
 from tinystories.paths import DEFAULT_MODEL
 from tinystories.precision import PRECISION_HELP, PRECISIONS
@@ -51,6 +52,9 @@ class GenerateConfig:
         "help": "keep generating after <|endoftext|> (which then appears in the text) until --max_tokens"})
     json: bool = field(default=False, metadata={
         "help": "print one JSON document (text, token ids, tokens/s per sample) instead of streaming text"})
+    output: Optional[str] = field(default=None, metadata={
+        "metavar": "FILE", "help": "write the JSON document to FILE instead of stdout (implies --json); written "
+                                   "only when every sample is done, so a failed run leaves no file"})
 
     def __post_init__(self) -> None:
         require_at_least(self, ("batch_size", "max_tokens", "num_samples", "num_beams"))
@@ -58,6 +62,8 @@ class GenerateConfig:
             raise UserError("beam search is deterministic: --num_samples must be 1 with --num_beams above 1")
         if self.prompt_file is None and not self.prompt:
             raise UserError("--prompt is empty; give some text to continue")
+        if self.output is not None:
+            self.json = True
 
 
 def read_prompts(config: GenerateConfig) -> list[str]:
@@ -166,7 +172,12 @@ def main() -> None:
                          "seconds": round(c.seconds, 4), "tokens_per_second": round(c.tokens_per_second, 2)}
                         for p, s, c in completions],
         }
-        print(json.dumps(document, ensure_ascii=False))
+        text = json.dumps(document, ensure_ascii=False) + "\n"
+        if config.output is None:
+            write_text(text)
+        else:
+            atomic_write(config.output, lambda file: file.write(text.encode("utf-8")))
+            print(f"wrote {config.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

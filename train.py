@@ -4,11 +4,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 from tinystories.cli import ArgumentParser, add_dataclass_arguments, checked_settings, explicit_values, load_config_file
 from tinystories.data import DataConfig
 from tinystories.errors import UserError, run_main
+from tinystories.files import folders_removed_on_failure
+from tinystories.paths import RunPaths
 from tinystories.run_state import SPLIT_SEED  # --seed is training's; the split's seed (prepare.py's --seed) is this
 from tinystories.training import TrainConfig, Trainer, train  # noqa: F401  (the seed's train(...) entry point)
 
@@ -46,7 +49,9 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[TrainConfig, DataCon
 
 def main() -> None:
     train_config, data_config = parse_arguments()
-    summary = Trainer(train_config, data_config).run()
+    paths = RunPaths(Path(train_config.out_dir))
+    with folders_removed_on_failure(paths.checkpoints, paths.logs):
+        summary = Trainer(train_config, data_config).run()
     if summary["stopped_by_signal"] is not None:  # the status a shell reports for a process that signal ended
         sys.exit(128 + summary["stopped_by_signal"])
 

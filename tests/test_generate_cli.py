@@ -189,3 +189,15 @@ def test_a_batch_whose_cache_cannot_fit_is_refused(checkpoint, monkeypatch, caps
     status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--batch_size", str(10**9))
     assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "--batch_size" in err and "GiB" in err
+
+
+def test_output_writes_the_json_document_only_when_generation_succeeds(checkpoint, tmp_path, monkeypatch, capsys):
+    samples = tmp_path / "out" / "samples.json"
+    status, out, err = run(monkeypatch, capsys, "--model", str(tmp_path / "missing.pth"), "--output", str(samples))
+    assert status == 2 and err.startswith("error: ") and not samples.exists() and not samples.parent.exists()
+    status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--max_tokens", "5", "--seed", "2",
+                           "--output", str(samples))
+    assert status == 0 and out == "" and f"wrote {samples}" in err
+    document = json.loads(samples.read_text())
+    assert document["seed"] == 2 and len(document["samples"]) == 1
+    assert 1 <= document["samples"][0]["new_tokens"] <= 5

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -84,7 +85,9 @@ class BenchConfig:
         "help": "cpu-inference: positions of --data_path stories (or synthetic ones) where each mode's logits "
                 "are compared with ours in float32"})
     seed: int = field(default=1337, metadata={"help": "seed for the weights, batches and sampling"})
-    json: str = field(default="results/bench.json", metadata={"metavar": "PATH", "help": "where the JSON report goes"})
+    json: Optional[str] = field(default=None, metadata={
+        "metavar": "PATH", "help": "where the JSON report goes; an existing file is replaced (None: "
+                                   "results/bench_YYYYMMDD_HHMMSS.json, a new file each run, so earlier reports stay)"})
 
     def __post_init__(self) -> None:
         require_at_least(self, ("batch_size", "seq_len", "steps", "num_workers", "repeats", "new_tokens",
@@ -96,6 +99,10 @@ class BenchConfig:
     @property
     def section_list(self) -> list[str]:
         return [name.strip() for name in self.sections.split(",") if name.strip()]
+
+    def report_path(self, started: datetime) -> Path:
+        """--json, or a name of its own for a run started at `started`."""
+        return Path(self.json) if self.json else Path("results") / f"bench_{started:%Y%m%d_%H%M%S}.json"
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from model.model import Config, Model
+from tinystories import quickstart
 from tinystories.errors import UserError, first_line
 from tinystories.files import atomic_write
 
@@ -34,7 +35,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint; a missing, truncated or foreign file is a UserError naming it."""
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"checkpoint {path} not found (train a model with `python train.py`, or pass --model)")
+        raise UserError(f"checkpoint {path} not found; pass --model, or train one offline in minutes with "
+                        f"`{quickstart.COMMAND}` and pass --model {quickstart.MODEL}")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from tinystories.errors import PeerFailed, exit_status_of
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,30 @@ def process_device(device: torch.device, distributed: Distributed) -> torch.devi
     if device.type != "cuda":
         return device
     return torch.device("cuda", distributed.local_rank if distributed.enabled else (device.index or 0))
+
+
+def main_first(first: Callable[[], T], then: Callable[[], T], distributed: Distributed) -> T:
+    """`first()` on rank 0, then `then()` on the other ranks (which, e.g., reuse the files rank 0 prepared).
+
+    When `first()` fails, the other ranks raise PeerFailed with the status rank 0 exits with, rather than failing
+    in their next collective with a traceback of their own; rank 0 alone reports the error.
+    """
+    if not distributed.enabled:
+        return first()
+    failure: Optional[BaseException] = None
+    result = None
+    if distributed.is_main:
+        try:
+            result = first()
+        except BaseException as error:
+            failure = error
+    status = [exit_status_of(failure)]
+    dist.broadcast_object_list(status, src=0)
+    if failure is not None:
+        raise failure
+    if status[0]:
+        raise PeerFailed(status[0])
+    return result if distributed.is_main else then()
 
 
 def all_reduce_sum(tensor: torch.Tensor, distributed: Distributed) -> torch.Tensor:

@@ -1,11 +1,15 @@
 """User errors: mistakes a user can make (bad arguments, missing or corrupt files, empty data).
 
-Scripts report them as one line on stderr and exit with status 2, never with a traceback.
+Scripts report them as one line on stderr and exit with status 2, never with a traceback. Under torchrun every
+process meets the same error (or learns of rank 0's, see distributed.main_first): rank 0 alone prints the line,
+and every process leaves the process group and exits with the same status.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
-from typing import Callable
+from typing import Callable, NoReturn, Optional
 
 USER_ERROR_EXIT_STATUS = 2
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as shells report it
@@ -21,14 +25,56 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+class PeerFailed(Exception):
+    """On a torchrun process other than rank 0: rank 0 failed at a step all processes share and reports it."""
+
+    def __init__(self, exit_status: int) -> None:
+        super().__init__(f"rank 0 stopped with exit status {exit_status}")
+        self.exit_status = exit_status
+
+
+def exit_status_of(error: Optional[BaseException]) -> int:
+    """The status a script exits with after `error` (0 for none)."""
+    if error is None:
+        return 0
+    if isinstance(error, UserError):
+        return USER_ERROR_EXIT_STATUS
+    if isinstance(error, PeerFailed):
+        return error.exit_status
+    if isinstance(error, KeyboardInterrupt):
+        return INTERRUPTED_EXIT_STATUS
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else 1
+    return 1
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run a script's main(); a UserError becomes one stderr line and exit status 2, Ctrl-C exit status 130."""
     try:
         main()
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(USER_ERROR_EXIT_STATUS)
+        _exit(f"error: {error}", USER_ERROR_EXIT_STATUS)
+    except PeerFailed as failure:
+        _exit(None, failure.exit_status)
     except KeyboardInterrupt:
         # Ctrl-C: every file the scripts write is written atomically, so there is nothing to clean up.
-        print("interrupted", file=sys.stderr)
-        sys.exit(INTERRUPTED_EXIT_STATUS)
+        _exit("interrupted", INTERRUPTED_EXIT_STATUS)
+
+
+def _exit(message: Optional[str], status: int) -> NoReturn:
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if message is not None and os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
+    if under_torchrun:
+        # torchrun terminates the other processes as soon as one exits; this one is already on its way out
+        # with its own status, which a SIGTERM would replace.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _leave_process_group()
+    sys.exit(status)
+
+
+def _leave_process_group() -> None:
+    """Destroy torchrun's process group, if this process joined one, so that exiting is not an error of its own."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()

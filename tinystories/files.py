@@ -52,6 +52,22 @@ def ensure_folder(folder: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
+def folders_removed_on_failure(*folders: str | os.PathLike) -> Iterator[None]:
+    """On an exception inside the block, remove those of `folders` and their parents that did not exist before
+    it and are still empty, so a run that fails before writing anything leaves no empty folders behind."""
+    missing = {path for folder in folders for path in (Path(folder), *Path(folder).parents) if not path.exists()}
+    try:
+        yield
+    except BaseException:
+        for path in sorted(missing, key=lambda p: len(p.parts), reverse=True):  # children before parents
+            try:
+                path.rmdir()  # only an empty folder: anything the run did write stays
+            except OSError:
+                pass
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that opens its file by name; when the block completes, the
     file is fsynced and renamed to `path`.

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from tinystories import quickstart
 from tinystories.errors import UserError, first_line
 
 REPOSITORY = "roneneldan/TinyStories"
 REVISION = "f54c09fd23315a6f9c86f9dc80f725de7d8f9c64"
-OFFLINE_HINT = "use local story files with --data_path FILES, or --dataset synthetic for a generated corpus"
+OFFLINE_HINT = ("use local story files with --data_path FILES, or --dataset synthetic for a generated corpus; "
+                f"the whole CPU quick start, offline: {quickstart.COMMAND}")
 
 
 @dataclass(frozen=True)

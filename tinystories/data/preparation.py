@@ -20,7 +20,7 @@ from tinystories.data.pipeline import SPLIT_RULE, SplitFile, ValidationRule, wri
 from tinystories.data.readers import ByteProgress, expand_paths, read_file_stories
 from tinystories.data.token_files import META_FILE, SPLITS, read_meta, stale_split, write_meta
 from tinystories.errors import UserError
-from tinystories.files import ensure_folder
+from tinystories.files import ensure_folder, folders_removed_on_failure
 from tinystories.paths import DATA_ROOT
 from tinystories.tokenizer import EOT_ID, VOCAB_SIZE
 
@@ -168,8 +168,9 @@ def prepare_data(config: DataConfig, progress: bool = True) -> Path:
         return data_dir
     if data_dir.is_dir() and any(data_dir.iterdir()):
         print(f"{data_dir}: {reason}; rebuilding the token files")
-    ensure_folder(data_dir)
-    splits, files = _tokenize(source, config, data_dir, progress)
+    with folders_removed_on_failure(data_dir):
+        ensure_folder(data_dir)
+        splits, files = _tokenize(source, config, data_dir, progress)
     if "test" not in splits:
         (data_dir / "test.bin").unlink(missing_ok=True)
     write_meta(data_dir, {"inputs": inputs, "files": files, "split_rule": SPLIT_RULE, "splits": splits})

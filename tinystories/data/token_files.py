@@ -7,6 +7,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from tinystories import quickstart
 from tinystories.errors import UserError
 from tinystories.files import write_json
 
@@ -19,7 +20,8 @@ def read_meta(data_dir: Union[str, Path]) -> dict[str, Any]:
     """The folder's meta.json; a missing or unreadable one is a UserError saying how to make it."""
     folder = Path(data_dir)
     if not folder.is_dir():
-        raise UserError(f"data folder {folder} not found; make it with python prepare.py (see README, Data)")
+        raise UserError(f"data folder {folder} not found; make it with python prepare.py (see README, Data), or pass "
+                        f"--data_dir {quickstart.DATA_DIR} after `{quickstart.COMMAND}` (offline)")
     path = folder / META_FILE
     if not path.is_file():
         raise UserError(f"{folder} holds no prepared token files ({META_FILE} not found); "
