@@ -134,3 +134,13 @@ def test_bad_flag_exits_with_status_2():
     result = subprocess.run([sys.executable, "bench.py", "--repeats", "zero"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_each_run_gets_its_own_report_unless_json_is_given():
+    from datetime import datetime
+
+    first, second = datetime(2026, 1, 2, 3, 4, 5), datetime(2026, 1, 2, 3, 4, 6)
+    config = BenchConfig()
+    assert config.report_path(first) == Path("results/bench_20260102_030405.json")
+    assert config.report_path(first) != config.report_path(second)
+    assert BenchConfig(json="results/bench_gpu.json").report_path(first) == Path("results/bench_gpu.json")

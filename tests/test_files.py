@@ -63,3 +63,22 @@ def test_json_is_written_indented_with_a_final_newline(tmp_path):
     write_json(tmp_path / "report.json", {"a": [1, 2]})
     text = (tmp_path / "report.json").read_text()
     assert json.loads(text) == {"a": [1, 2]} and text.endswith("}\n") and '\n  "a"' in text
+
+
+def test_a_failed_block_removes_only_the_empty_folders_it_created(tmp_path):
+    from tinystories.files import folders_removed_on_failure
+
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError):
+        with folders_removed_on_failure(tmp_path / "results" / "run" / "checkpoints", tmp_path / "kept" / "logs",
+                                        tmp_path / "data" / "synthetic"):
+            (tmp_path / "results" / "run" / "checkpoints").mkdir(parents=True)
+            (tmp_path / "kept" / "logs").mkdir()
+            (tmp_path / "data" / "synthetic").mkdir(parents=True)
+            (tmp_path / "data" / "synthetic" / "train.bin").write_bytes(b"written before the failure")
+            raise RuntimeError("the run failed")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "kept" / "logs").exists()
+    assert (tmp_path / "kept").is_dir() and (tmp_path / "data" / "synthetic" / "train.bin").is_file()
+    with folders_removed_on_failure(tmp_path / "ok"):
+        (tmp_path / "ok").mkdir()
+    assert (tmp_path / "ok").is_dir()  # success keeps even an empty folder
