@@ -26,7 +26,7 @@ from tinystories.checkpoint import model_checkpoint, save_checkpoint
 from tinystories.checks import PRESET_HELP, preset_config, require_at_least, require_token_ids_within
 from tinystories.data import DataConfig, load_tokens, prepare_data
 from tinystories.data.batches import Batch, WindowBatches, fixed_eval_batches
-from tinystories.distributed import (Distributed, all_gather_objects, all_reduce_sum, barrier, init_distributed,
+from tinystories.distributed import (Distributed, all_gather_objects, all_reduce_sum, init_distributed, main_first,
                                      max_over_ranks, process_device, shutdown)
 from tinystories.errors import UserError
 from tinystories.files import ensure_folder, remove_stale_temporaries
@@ -128,11 +128,8 @@ def training_data(config: TrainConfig, data_config: DataConfig, model_config: Co
                   device: torch.device) -> TrainingData:
     """Token files (rank 0 prepares missing ones first; the others wait, then reuse them), checked against the
     model's vocabulary, and the batches drawn from them."""
-    if distributed.is_main:
-        data_dir = prepare_data(data_config)
-    barrier(distributed)
-    if not distributed.is_main:
-        data_dir = prepare_data(data_config, progress=False)
+    data_dir = main_first(lambda: prepare_data(data_config), lambda: prepare_data(data_config, progress=False),
+                          distributed)
     splits = {split: load_tokens(data_dir, split) for split in ("train", "validation")}
     for split, tokens in splits.items():
         require_token_ids_within(int(tokens.max()) if len(tokens) else 0, model_config.vocab_size,
@@ -186,8 +183,7 @@ class Trainer:
         self.micro_steps = config.gradient_accumulation_steps // world
         self.paths = RunPaths(Path(config.out_dir))
         self.lock = FolderLock(self.paths.lock)
-        if self.distributed.is_main:
-            self._claim_output_folder()
+        main_first(self._claim_output_folder, lambda: None, self.distributed)  # rank 0's error stops every rank
         try:
             self._set_up(data_config)
         except BaseException:
