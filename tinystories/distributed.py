@@ -98,11 +98,6 @@ def max_over_ranks(value: float, distributed: Distributed, device: torch.device)
     return tensor.item()
 
 
-def barrier(distributed: Distributed) -> None:
-    if distributed.enabled:
-        dist.barrier()
-
-
 def shutdown(distributed: Distributed) -> None:
     if distributed.enabled and dist.is_initialized():
         dist.destroy_process_group()
