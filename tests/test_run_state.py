@@ -34,7 +34,7 @@ def test_data_fingerprint_sees_length_and_both_ends():
 
 def test_stop_request_records_the_signal_while_entered():
     previous = signal.getsignal(signal.SIGTERM)
-    with StopRequest() as stop:
+    with StopRequest(acknowledge=print) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signal_number == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is previous

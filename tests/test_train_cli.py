@@ -1,10 +1,12 @@
 """train.py end to end: exact resume after SIGKILL, SIGTERM, DDP equivalence, flags, one-line user errors, and
 the output folder (checked before work, locked against a second run, cleared of a killed save's temporaries)."""
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +74,75 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_data_dir, tmp_path):
     checkpoint = torch.load(tmp_path / "checkpoints" / "checkpoint.pth", weights_only=True)
     assert 0 < checkpoint["step"] < 100000
     assert f"saved {tmp_path / 'checkpoints' / 'checkpoint.pth'}" in started + stdout
+
+
+def timed_lines(stream) -> queue.Queue:
+    """The stream's lines as they come, each with the time it was read."""
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put((time.monotonic(), line.rstrip("\n")))
+        lines.put((time.monotonic(), None))
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def rest_of(lines: queue.Queue) -> str:
+    """What the stream holds up to its end."""
+    text = []
+    while (line := lines.get(timeout=30)[1]) is not None:
+        text.append(line)
+    return "\n".join(text)
+
+
+def next_line_starting(lines: queue.Queue, prefix: str, timeout: float) -> tuple[float, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        at, line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        assert line is not None, f"the run ended before a line starting {prefix!r}"
+        if line.startswith(prefix):
+            return at, line
+
+
+def test_a_long_step_is_estimated_and_ctrl_c_answers_at_once_then_stops_now(synthetic_data_dir, tmp_path):
+    from tinystories.checkpoint import load_model
+    from tinystories.run_state import STOPPING_MESSAGE
+
+    checkpoint = tmp_path / "checkpoints" / "checkpoint.pth"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    first = run_train(["--max_steps", "1"], synthetic_data_dir, tmp_path, env=env)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    # Resumed from that step 1 with 300 micro-batches per optimizer step: step 2 is long even for the tiny model.
+    process = run_train(["--gradient_accumulation_steps", "300", "--max_steps", "1000", "--eval_interval", "1000"],
+                        synthetic_data_dir, tmp_path, env=env)
+    bar = timed_lines(process.stderr)  # the progress bar, drained so that the run never waits on a full pipe
+    lines = timed_lines(process.stdout)
+    try:
+        _, size = next_line_starting(lines, "each optimizer step: ", timeout=300)
+        assert size == "each optimizer step: 600 sequences of 32 tokens = 19,200 tokens (300 micro-batch(es) of 2)"
+        _, estimate = next_line_starting(lines, "estimate: ", timeout=120)
+        assert "per optimizer step and" in estimate and "for the 999 step(s) to go" in estimate
+        assert "GB of memory" in estimate
+        first_signal = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        acknowledged, _ = next_line_starting(lines, STOPPING_MESSAGE, timeout=10)
+        assert acknowledged - first_signal < 2
+        second_signal = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stopped = next_line_starting(lines, "stopped at once by a second signal", timeout=10)
+        assert process.wait(timeout=10) == 128 + signal.SIGINT
+        assert time.monotonic() - second_signal < 10
+    finally:
+        process.kill()
+    assert f"after step 1; {checkpoint} holds step 1, as it was saved" in stopped
+    # The bar moved within the unfinished step: it counts micro-batches.
+    assert "training (micro-batch " in rest_of(bar)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 1
+    model, _ = load_model(checkpoint)
+    assert model.config.n_layer == 2
+    assert not list(checkpoint.parent.glob(".*.tmp"))
 
 
 def test_two_gloo_ranks_follow_the_single_process_trajectory(synthetic_data_dir, tmp_path):

@@ -14,7 +14,7 @@ import random
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -102,10 +102,20 @@ def data_fingerprint(tokens: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-class StopRequest:
-    """While entered, SIGTERM/SIGINT set a flag; the loop finishes its optimizer step, saves and returns."""
+STOPPING_MESSAGE = "stopping after this step; Ctrl-C again to stop now"
 
-    def __init__(self) -> None:
+
+class StopNow(KeyboardInterrupt):
+    """A second SIGTERM/SIGINT: stop where the run is. Every file is written atomically, so the checkpoint last
+    saved stays as it was."""
+
+
+class StopRequest:
+    """While entered, the first SIGTERM/SIGINT sets a flag and is acknowledged at once (`acknowledge` prints);
+    the loop finishes its optimizer step, saves and returns. A second one raises StopNow wherever the run is."""
+
+    def __init__(self, acknowledge: Callable[[str], None]) -> None:
+        self.acknowledge = acknowledge
         self.signal_number: Optional[int] = None
         self._previous: dict[int, Any] = {}
 
@@ -115,7 +125,10 @@ class StopRequest:
         return self
 
     def _handle(self, number: int, frame: Any) -> None:
+        if self.signal_number is not None:
+            raise StopNow()
         self.signal_number = number
+        self.acknowledge(STOPPING_MESSAGE)
 
     def __exit__(self, *exception: Any) -> None:
         for number, handler in self._previous.items():

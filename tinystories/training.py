@@ -34,9 +34,10 @@ from tinystories.folder_lock import FolderLock
 from tinystories.hardware import (COMPILE_CHOICES, DEVICE_HELP, DTYPE_CHOICES, autocast, enable_tf32, flops_per_token,
                                   peak_flops, resolve_device, resolve_dtype, should_compile)
 from tinystories.paths import BEST_MODEL, CHECKPOINT, RESULTS_DIR, RunPaths
+from tinystories.progress import StepProgress, step_size
 from tinystories.run_log import CURVE_FILE, RunLog
-from tinystories.run_state import (RunIdentity, RunParts, StopRequest, TrainingState, check_fits, check_same_data,
-                                   check_same_run, data_fingerprint, read_resumable, restore, rng_states,
+from tinystories.run_state import (RunIdentity, RunParts, StopNow, StopRequest, TrainingState, check_fits,
+                                   check_same_data, check_same_run, data_fingerprint, read_resumable, restore, rng_states,
                                    seed_everything, split_settings, training_checkpoint)
 
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
@@ -229,6 +230,9 @@ class Trainer:
             check_fits(saved, resume_path, self.parts, self.distributed.world_size)
             self.state = restore(saved, self.parts, self.distributed.rank)
             self._say(f"resuming from {resume_path} at step {self.state.step:,} of {self.total_steps:,}")
+        # The step that checkpoint.pth holds, as far as this run knows (what a stop now would leave).
+        resumed_here = saved is not None and resume_path == self.paths.checkpoint
+        self.saved_step: Optional[int] = self.state.step if resumed_here else None
         self.forward_model = torch.compile(self.model) if should_compile(self.config.compile, self.device) else self.model
         if self.distributed.enabled:
             self.forward_model = DistributedDataParallel(
@@ -255,17 +259,23 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to the last step, or until a stop signal; returns the summary (`stopped_by_signal` says which)."""
         log_path = self.paths.new_log()
+        stop = StopRequest(acknowledge=self._say)
+        stopped_now = False
         try:
             with contextlib.ExitStack() as stack:
-                stop = stack.enter_context(StopRequest())
+                stack.enter_context(stop)
                 run_log = stack.enter_context(self._run_log(log_path)) if self.distributed.is_main else None
+                self._say(step_size(self.config.batch_size, self.micro_steps, self.distributed.world_size,
+                                    self.model_config.block_size))
                 progress = stack.enter_context(tqdm(total=self.total_steps, initial=self.state.step, desc="training",
                                                     unit="step", disable=not self.distributed.is_main,
                                                     dynamic_ncols=True))
                 stopped_by = self._train(run_log, stop, progress)
+        except StopNow:
+            stopped_by, stopped_now = stop.signal_number, True
         finally:
             self.lock.release()
-        summary = self._summary(log_path, stopped_by)
+        summary = self._summary(log_path, stopped_by, stopped_now)
         shutdown(self.distributed)
         return summary
 
@@ -275,8 +285,10 @@ class Trainer:
         finite = FiniteLossCheck(self._diverged)
         run_start = time.perf_counter() - self.state.elapsed_seconds
         self._window = (time.perf_counter(), self.state.tokens_seen)
+        step_progress = StepProgress(progress, self._say, self.device, self.micro_steps,
+                                     self.total_steps - self.state.step)
         while self.state.step < self.total_steps:
-            loss = self.train_step()  # get batch, forward, backward, clip, step, schedule
+            loss = self.train_step(step_progress.micro_batch_done)  # batch, forward, backward, clip, step, schedule
             self.state.elapsed_seconds = time.perf_counter() - run_start
             progress.update(1)
             # All ranks stop at the same step when any of them received SIGTERM/SIGINT.
@@ -295,8 +307,9 @@ class Trainer:
                 return stop.signal_number
         return None
 
-    def train_step(self) -> torch.Tensor:
-        """One optimizer step over `micro_steps` micro-batches; returns the mean loss (a device tensor)."""
+    def train_step(self, on_micro_batch: Callable[[int], None] = lambda index: None) -> torch.Tensor:
+        """One optimizer step over `micro_steps` micro-batches, calling `on_micro_batch(index)` after each; returns
+        the mean loss (a device tensor)."""
         self._schedule_learning_rate()
         step_loss = torch.zeros((), device=self.device)
         for micro_step in range(self.micro_steps):
@@ -307,6 +320,7 @@ class Trainer:
                 loss = loss / self.micro_steps
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach().float()
+            on_micro_batch(micro_step)
         self._clip_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -351,6 +365,7 @@ class Trainer:
         if self.distributed.is_main:
             save_checkpoint(self.paths.checkpoint, training_checkpoint(
                 self.parts, self.state, rng, self.identity, self.data.fingerprint, dataclasses.asdict(self.config)))
+        self.saved_step = self.state.step
 
     def _evaluate_and_record(self, train_loss: float, run_log: Optional[RunLog]) -> None:
         val_loss = self.evaluate()
@@ -399,7 +414,7 @@ class Trainer:
                   f"{self.tokens_per_step:,} tokens ({self.steps_per_epoch:,} steps per epoch)")
         return run_log
 
-    def _summary(self, log_path: Path, stopped_by: Optional[int]) -> dict[str, Any]:
+    def _summary(self, log_path: Path, stopped_by: Optional[int], stopped_now: bool = False) -> dict[str, Any]:
         summary = {
             "steps": self.state.step, "best_val_loss": self.state.best_val_loss, "tokens_seen": self.state.tokens_seen,
             "wall_seconds": round(self.state.elapsed_seconds, 1), "best_model": str(self.paths.best_model),
@@ -407,7 +422,11 @@ class Trainer:
             "log": str(log_path) if log_path.exists() else "none (no evaluation in this run)",
             "loss_curve": str(self.paths.logs / CURVE_FILE), "stopped_by_signal": stopped_by,
         }
-        if stopped_by is not None:
+        if stopped_now:
+            kept = (f"{self.paths.checkpoint} holds step {self.saved_step:,}, as it was saved; run the same command "
+                    "again to resume from there" if self.saved_step is not None else "this run saved no checkpoint yet")
+            self._say(f"stopped at once by a second signal ({stopped_by}) after step {self.state.step:,}; {kept}.")
+        elif stopped_by is not None:
             self._say(f"stopped by signal {stopped_by} after step {self.state.step:,}; saved {self.paths.checkpoint}. "
                       "Run the same command again to resume.")
         else:
