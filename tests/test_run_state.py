@@ -4,6 +4,8 @@ import copy
 import os
 import random
 import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 
 from tinystories.data import DataConfig
 from tinystories.errors import UserError
-from tinystories.run_state import StopRequest, data_fingerprint, restore_rng_states, rng_states
+from tinystories.run_state import STOPPING_MESSAGE, StopRequest, data_fingerprint, restore_rng_states, rng_states
 from tinystories.training import TrainConfig, Trainer
 
 
@@ -32,12 +34,35 @@ def test_data_fingerprint_sees_length_and_both_ends():
     assert len(fingerprints) == 3 and data_fingerprint(tokens.copy()) == data_fingerprint(tokens)
 
 
-def test_stop_request_records_the_signal_while_entered():
+def wait_for(condition, seconds=5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_stop_request_acknowledges_the_first_signal_and_stops_now_on_the_second():
     previous = signal.getsignal(signal.SIGTERM)
-    with StopRequest(acknowledge=print) as stop:
+    said, stopped_now = [], []
+    with StopRequest(acknowledge=said.append, stop_now=stopped_now.append) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.signal_number == signal.SIGTERM
+        assert wait_for(lambda: said == [STOPPING_MESSAGE]) and stop.signal_number == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)
+        assert wait_for(lambda: stopped_now == [signal.SIGTERM])  # with the first signal's number
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_stop_request_answers_while_the_main_thread_is_inside_one_long_call():
+    """Python would run a signal handler only after the call returns; the thread answers during it."""
+    said = []
+
+    def acknowledge(message: str) -> None:
+        said.append((message, threading.current_thread() is threading.main_thread()))
+
+    with StopRequest(acknowledge=acknowledge, stop_now=lambda number: None):
+        os.kill(os.getpid(), signal.SIGINT)
+        torch.randn(2000, 2000) @ torch.randn(2000, 2000)  # one call into C++
+        assert wait_for(lambda: said == [(STOPPING_MESSAGE, False)])  # answered by the thread, not the main one
 
 
 def settings(out_dir, **overrides):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ from tinystories.hardware import (COMPILE_CHOICES, DEVICE_HELP, DTYPE_CHOICES, a
 from tinystories.paths import BEST_MODEL, CHECKPOINT, RESULTS_DIR, RunPaths
 from tinystories.progress import StepProgress, step_size
 from tinystories.run_log import CURVE_FILE, RunLog
-from tinystories.run_state import (RunIdentity, RunParts, StopNow, StopRequest, TrainingState, check_fits,
+from tinystories.run_state import (RunIdentity, RunParts, StopRequest, TrainingState, check_fits,
                                    check_same_data, check_same_run, data_fingerprint, read_resumable, restore, rng_states,
                                    seed_everything, split_settings, training_checkpoint)
 
@@ -259,8 +261,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to the last step, or until a stop signal; returns the summary (`stopped_by_signal` says which)."""
         log_path = self.paths.new_log()
-        stop = StopRequest(acknowledge=self._say)
-        stopped_now = False
+        stop = StopRequest(acknowledge=self._say, stop_now=self._stop_now)
         try:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(stop)
@@ -271,11 +272,9 @@ class Trainer:
                                                     unit="step", disable=not self.distributed.is_main,
                                                     dynamic_ncols=True))
                 stopped_by = self._train(run_log, stop, progress)
-        except StopNow:
-            stopped_by, stopped_now = stop.signal_number, True
         finally:
             self.lock.release()
-        summary = self._summary(log_path, stopped_by, stopped_now)
+        summary = self._summary(log_path, stopped_by)
         shutdown(self.distributed)
         return summary
 
@@ -414,7 +413,19 @@ class Trainer:
                   f"{self.tokens_per_step:,} tokens ({self.steps_per_epoch:,} steps per epoch)")
         return run_log
 
-    def _summary(self, log_path: Path, stopped_by: Optional[int], stopped_now: bool = False) -> dict[str, Any]:
+    def _stop_now(self, signal_number: int) -> None:
+        """A second stop signal: leave at once, from StopRequest's thread, wherever the main thread is (possibly
+        inside a backward pass that no exception could interrupt). Every file is written atomically, so the
+        checkpoint saved last is intact; a save cut short leaves a temporary file that the next start removes."""
+        kept = (f"{self.paths.checkpoint} holds step {self.saved_step:,}, as it was saved; run the same command "
+                "again to resume from there" if self.saved_step is not None else "this run saved no checkpoint yet")
+        self._say(f"stopped at once by a second signal after step {self.state.step:,}; {kept}.")
+        self.lock.release()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signal_number)  # the status a shell reports for a process that the first signal ended
+
+    def _summary(self, log_path: Path, stopped_by: Optional[int]) -> dict[str, Any]:
         summary = {
             "steps": self.state.step, "best_val_loss": self.state.best_val_loss, "tokens_seen": self.state.tokens_seen,
             "wall_seconds": round(self.state.elapsed_seconds, 1), "best_model": str(self.paths.best_model),
@@ -422,11 +433,7 @@ class Trainer:
             "log": str(log_path) if log_path.exists() else "none (no evaluation in this run)",
             "loss_curve": str(self.paths.logs / CURVE_FILE), "stopped_by_signal": stopped_by,
         }
-        if stopped_now:
-            kept = (f"{self.paths.checkpoint} holds step {self.saved_step:,}, as it was saved; run the same command "
-                    "again to resume from there" if self.saved_step is not None else "this run saved no checkpoint yet")
-            self._say(f"stopped at once by a second signal ({stopped_by}) after step {self.state.step:,}; {kept}.")
-        elif stopped_by is not None:
+        if stopped_by is not None:
             self._say(f"stopped by signal {stopped_by} after step {self.state.step:,}; saved {self.paths.checkpoint}. "
                       "Run the same command again to resume.")
         else:
