@@ -38,8 +38,8 @@ from tinystories.hardware import (COMPILE_CHOICES, DEVICE_HELP, DTYPE_CHOICES, a
 from tinystories.paths import BEST_MODEL, CHECKPOINT, RESULTS_DIR, RunPaths
 from tinystories.progress import StepProgress, step_size
 from tinystories.run_log import CURVE_FILE, RunLog
-from tinystories.run_state import (RunIdentity, RunParts, StopRequest, TrainingState, check_fits,
-                                   check_same_data, check_same_run, data_fingerprint, read_resumable, restore, rng_states,
+from tinystories.run_state import (RunIdentity, RunParts, StopRequest, TrainingState, check_fits, check_same_data,
+                                   check_same_run, data_fingerprint, read_resumable, restore, rng_states,
                                    seed_everything, split_settings, training_checkpoint)
 
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
