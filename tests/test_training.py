@@ -80,8 +80,8 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     trainer = Trainer(config, synthetic_config(synthetic_data_dir))
     real_step = trainer.train_step
 
-    def step_that_diverges_at_3():
-        loss = real_step()
+    def step_that_diverges_at_3(on_micro_batch):
+        loss = real_step(on_micro_batch)
         return loss * math.nan if trainer.state.step == 3 else loss
 
     monkeypatch.setattr(trainer, "train_step", step_that_diverges_at_3)
