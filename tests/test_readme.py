@@ -72,7 +72,7 @@ def clone_after_quick_start(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     save_checkpoint(folder / quickstart.MODEL, model_checkpoint(Model(preset("tiny", dropout=0.0)), step=300))
     exports = [line for block in code_blocks("bash") for line in block.splitlines() if line.startswith("python export.py")]
-    assert len(exports) == 2
+    assert len(exports) == 4  # two Hugging Face folders, two GGUF files
     for line in exports:
         arguments = line.split("#")[0].split()[2:]
         result = subprocess.run([sys.executable, str(ROOT / "export.py"), *arguments], cwd=folder,
