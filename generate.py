@@ -15,7 +15,6 @@ from typing import Iterator, Optional
 
 import torch
 
-from tinystories.checkpoint import load_model
 from tinystories.checks import require_at_least
 from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.engine import (Engine, GenerationRequest, as_completion, check_cache_fits, default_batch_size,
@@ -26,6 +25,7 @@ from tinystories.hardware import DEVICE_HELP, resolve_device
 from tinystories.paths import DEFAULT_MODEL
 from tinystories.precision import PRECISION_HELP, PRECISIONS
 from tinystories.sampling import Completion, SamplingConfig, complete, decoding_model
+from tinystories.subjects import CheckpointSubject, HuggingFaceSubject, load_subject
 from tinystories.tokenizer import get_tokenizer
 
 
@@ -34,7 +34,8 @@ class GenerateConfig:
     prompt: str = field(default="Once upon a time", metadata={"help": "the text to continue"})
     prompt_file: Optional[str] = field(default=None, metadata={
         "metavar": "FILE", "help": "continue every line of FILE instead of --prompt (blank lines are skipped)"})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "checkpoint to load"})
+    model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": "checkpoint (.pth), Hugging Face model folder or Hub id (e.g. roneneldan/TinyStories-33M)"})
     max_tokens: int = field(default=256, metadata={"help": "new tokens per sample, at most"})
     num_samples: int = field(default=1, metadata={"help": "samples per prompt"})
     num_beams: int = field(default=1, metadata={
@@ -47,7 +48,8 @@ class GenerateConfig:
         "help": "samples decoded together (None: 32 on the CPU, 256 on GPUs); each takes a KV cache of "
                 "2 x n_layer x block_size x n_embd x 4 bytes (9 MiB for the 33M model)"})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
-    precision: str = field(default="float32", metadata={"choices": list(PRECISIONS), "help": PRECISION_HELP})
+    precision: str = field(default="float32", metadata={
+        "choices": list(PRECISIONS), "help": PRECISION_HELP + " (our checkpoints only)"})
     ignore_eos: bool = field(default=False, metadata={
         "help": "keep generating after <|endoftext|> (which then appears in the text) until --max_tokens"})
     json: bool = field(default=False, metadata={
@@ -136,16 +138,32 @@ def sampled_completions(engine: Engine, prompts: list[str], config: GenerateConf
         yield prompt_number, sample_number, as_completion(prompt, handle.result())
 
 
+def hf_completions(subject: HuggingFaceSubject, prompts: list[str], config: GenerateConfig,
+                   sampling: SamplingConfig, seed: int) -> Iterator[tuple[int, int, Completion]]:
+    """A Hugging Face model: every sample through transformers' generate(), in batches; texts arrive whole."""
+    numbers = [(p, s) for p in range(1, len(prompts) + 1) for s in range(1, config.num_samples + 1)]
+    completions = subject.complete([prompts[p - 1] for p, _ in numbers], config.max_tokens, sampling, seed,
+                                   config.batch_size or default_batch_size(subject.device),
+                                   num_beams=config.num_beams, stop_at_eos=not config.ignore_eos)
+    for (prompt_number, sample_number), completion in zip(numbers, completions):
+        if not config.json:
+            write_text(label(config, prompts, prompt_number, sample_number) + completion.prompt + completion.text)
+        yield prompt_number, sample_number, completion
+
+
 def main() -> None:
     config, sampling = parse_arguments()
     prompts = read_prompts(config)
     device = resolve_device(config.device)
-    model, checkpoint = load_model(config.model, device)
-    decoder = decoding_model(model, config.precision)
+    subject = load_subject(config.model, device, precision=config.precision)
+    # A Hugging Face model decodes with transformers' generate() and prints each text in one piece.
+    decoder = decoding_model(subject.model, subject.precision) if isinstance(subject, CheckpointSubject) else None
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     completions: list[tuple[int, int, Completion]] = []
     engine = None
-    if config.num_beams > 1:
+    if decoder is None:
+        results = hf_completions(subject, prompts, config, sampling, seed)
+    elif config.num_beams > 1:
         results = beam_completions(decoder, prompts, config, sampling)
     else:
         batch_size = config.batch_size or default_batch_size(device)
@@ -164,7 +182,7 @@ def main() -> None:
             engine.shutdown()
     if config.json:
         document = {
-            "model": config.model, "step": checkpoint.get("step"), "seed": seed, "device": str(device),
+            "model": config.model, "step": subject.step, "seed": seed, "device": str(device),
             "max_tokens": config.max_tokens, "num_beams": config.num_beams, "ignore_eos": config.ignore_eos,
             "sampling": asdict(sampling),
             "samples": [{"prompt_number": p, "sample": s, "prompt": c.prompt, "text": c.text, "token_ids": c.token_ids,

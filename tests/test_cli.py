@@ -19,6 +19,7 @@ class Settings:
     compile: str = field(default="auto", metadata={"choices": ["auto", "true", "false"]})
     wandb: bool = False
     max_steps: Optional[int] = None
+    model: list[str] = field(default_factory=lambda: ["a.pth"])
 
 
 def parse(argv):
@@ -37,6 +38,14 @@ def test_a_bare_true_false_flag_means_true():
     assert parse(["--wandb"]) == {"wandb": True}
     assert parse(["--wandb", "--batch_size", "8"]) == {"wandb": True, "batch_size": 8}
     assert parse(["--wandb", "false"]) == {"wandb": False}
+
+
+def test_a_list_flag_takes_one_or_more_values(tmp_path):
+    assert parse(["--model", "x.pth"]) == {"model": ["x.pth"]}
+    assert parse(["--model", "x.pth", "hf_model/", "--wandb"]) == {"model": ["x.pth", "hf_model/"], "wandb": True}
+    assert merge_dataclass(Settings(), {"model": "y.pth"}, "file").model == ["y.pth"]  # a file may give one value
+    with pytest.raises(UserError, match="model"):
+        merge_dataclass(Settings(), {"model": [1]}, "file")
 
 
 def test_defaults_then_file_then_flags(tmp_path):

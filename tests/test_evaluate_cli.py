@@ -16,7 +16,8 @@ from model.model import Model, preset
 from tinystories.checkpoint import load_model, model_checkpoint, save_checkpoint
 from tinystories.data import DataConfig, load_tokens, prepare_data
 from tinystories.evaluation import stream_loss
-from tinystories.hf import from_hf
+from tinystories.hf import from_hf, save_hf
+from tinystories.subjects import CheckpointSubject
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,14 +57,15 @@ def test_reports_exact_loss_and_completion_metrics(setup, tmp_path, monkeypatch,
                            "--split", "validation", "--generate", "3", "--max_tokens", "12", "--output", str(output))
     assert status == 0, err
     report = json.loads(output.read_text())
+    [result] = report["models"]
     tokens = load_tokens(data_dir, "validation")
     model, _ = load_model(checkpoint)
-    expected = stream_loss(model, tokens, batch_size=7, progress=False)
+    expected = stream_loss(CheckpointSubject(model), tokens, batch_size=7, progress=False)
     assert report["tokens"] == len(tokens) - 1 and report["stories"] == int(np.sum(tokens == EOT_ID))
-    assert report["loss"] == pytest.approx(expected.loss, rel=1e-6)
-    assert report["bits_per_byte"] == pytest.approx(expected.bits_per_byte, rel=1e-6)
-    assert report["step"] == 123 and report["split"] == "validation" and report["model"] == str(checkpoint)
-    assert report["tokens_per_second"] > 0 and report["seconds"] > 0
+    assert result["loss"] == pytest.approx(expected.loss, rel=1e-6)
+    assert result["bits_per_byte"] == pytest.approx(expected.bits_per_byte, rel=1e-6)
+    assert result["step"] == 123 and report["split"] == "validation" and result["model"] == str(checkpoint)
+    assert result["tokens_per_second"] > 0 and result["seconds"] > 0 and result["kind"] == "checkpoint"
     generation = report["generation"]
     assert generation["completions"] == 3 and generation["seed"] == 1337 and generation["max_tokens"] == 12
     assert Path(generation["completions_file"]) == output.with_suffix(".completions.txt")
@@ -72,7 +74,7 @@ def test_reports_exact_loss_and_completion_metrics(setup, tmp_path, monkeypatch,
     assert len(prompts) == 3 and all(length <= 12 for length in lengths)
     expected = hand_metrics(texts, lengths, ended)
     for name, value in expected.items():
-        assert generation[name] == pytest.approx(value, abs=1e-12), name
+        assert result["generation"][name] == pytest.approx(value, abs=1e-12), name
     for label in ("loss", "perplexity", "bits per byte", "distinct-1/2/3", "repetition-4", str(output)):
         assert label in out
 
@@ -128,24 +130,29 @@ def test_json_report_has_the_readmes_fields_and_the_test_split(setup, tmp_path, 
                          "--split", "test", "--batch_size", "3", "--output", str(output))
     assert status == 0, err
     report = json.loads(output.read_text())
-    assert set(report) == {"model", "step", "precision", "split", "data", "max_samples", "stories", "tokens",
-                           "bytes", "loss", "perplexity", "bits_per_byte", "block_size", "batch_size", "device",
-                           "seconds", "tokens_per_second", "generation"}
+    assert set(report) == {"split", "data", "max_samples", "stories", "tokens", "block_size", "batch_size", "device",
+                           "precision", "generation", "judge", "models"}
     assert report["precision"] == "float32"
+    [result] = report["models"]
+    assert set(result) == {"model", "kind", "step", "block_size", "loss", "perplexity", "bits_per_byte", "bytes",
+                           "batch_size", "seconds", "tokens_per_second", "generation", "judge"}
     tokens = load_tokens(data_dir, "test")
     assert report["split"] == "test" and report["data"] == f"{data_dir} (test)" and report["generation"] is None
+    assert report["judge"] is None and result["generation"] is None and result["judge"] is None
     assert report["tokens"] == len(tokens) - 1 and report["stories"] == int(np.sum(tokens == EOT_ID))
-    assert (report["block_size"], report["batch_size"], report["device"]) == (64, 3, "cpu")
+    # Requested 512-token windows; the model's context of 64 is smaller, so its windows are 64.
+    assert (report["block_size"], report["batch_size"], report["device"]) == (512, 3, "cpu")
+    assert (result["block_size"], result["batch_size"]) == (64, 3)
     # Every scored token's bytes, <|endoftext|> counting one: the README's B.
     tokenizer = get_tokenizer()
-    assert report["bytes"] == sum(1 if t == EOT_ID else len(tokenizer.decode_single_token_bytes(t))
+    assert result["bytes"] == sum(1 if t == EOT_ID else len(tokenizer.decode_single_token_bytes(t))
                                   for t in tokens[1:].tolist())
-    assert report["perplexity"] == pytest.approx(math.exp(report["loss"]), rel=1e-12)
-    assert report["bits_per_byte"] == pytest.approx(
-        report["tokens"] * report["loss"] / (math.log(2) * report["bytes"]), rel=1e-12)
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]), rel=1e-12)
+    assert result["bits_per_byte"] == pytest.approx(
+        report["tokens"] * result["loss"] / (math.log(2) * result["bytes"]), rel=1e-12)
     # Both are rounded (seconds to 1 ms, which on a fast run moves tokens / seconds by more than 1 token/s).
-    slowest, fastest = (report["tokens"] / (report["seconds"] + sign * 0.0005) for sign in (1, -1))
-    assert slowest - 0.05 <= report["tokens_per_second"] <= fastest + 0.05
+    slowest, fastest = (report["tokens"] / (result["seconds"] + sign * 0.0005) for sign in (1, -1))
+    assert slowest - 0.05 <= result["tokens_per_second"] <= fastest + 0.05
 
 
 def test_max_samples_and_the_all_split(setup, tmp_path, monkeypatch, capsys):
@@ -185,7 +192,8 @@ def test_imported_hugging_face_model(setup, tmp_path, monkeypatch, capsys):
                          "--generate", "1", "--max_tokens", "5", "--output", str(output))
     assert status == 0, err
     report = json.loads(output.read_text())
-    assert report["step"] is None
+    [result] = report["models"]
+    assert result["step"] is None
     # The Hugging Face model itself, window by window (64 inputs starting every 64 tokens), token-weighted.
     tokens = torch.from_numpy(load_tokens(data_dir, "validation").astype(np.int64))
     total = 0.0
@@ -194,8 +202,8 @@ def test_imported_hugging_face_model(setup, tmp_path, monkeypatch, capsys):
             inputs, targets = tokens[start:start + 64], tokens[start + 1:start + 65]
             logits = hf_model.eval()(inputs[None, :len(targets)]).logits[0]
             total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-    assert report["tokens"] == len(tokens) - 1
-    assert report["loss"] == pytest.approx(total / (len(tokens) - 1), rel=1e-5)
+    assert report["tokens"] == len(tokens) - 1 and result["block_size"] == 64
+    assert result["loss"] == pytest.approx(total / (len(tokens) - 1), rel=1e-5)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -216,3 +224,23 @@ def test_bad_arguments_are_one_line_errors(setup, tmp_path, monkeypatch, capsys,
     assert status == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_checkpoint_and_its_export_side_by_side(setup, tmp_path, monkeypatch, capsys):
+    checkpoint, data_dir = setup
+    save_hf(load_model(checkpoint)[0], tmp_path / "hf")
+    output = tmp_path / "both.json"
+    status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), str(tmp_path / "hf"), "--data_dir",
+                           str(data_dir), "--split", "test", "--max_samples", "20", "--generate", "2",
+                           "--max_tokens", "8", "--output", str(output))
+    assert status == 0, err
+    ours, theirs = json.loads(output.read_text())["models"]
+    assert (ours["kind"], theirs["kind"]) == ("checkpoint", "hugging face")
+    assert theirs["loss"] == pytest.approx(ours["loss"], abs=1e-5) and theirs["bytes"] == ours["bytes"]
+    assert theirs["bits_per_byte"] == pytest.approx(ours["bits_per_byte"], abs=1e-5)
+    assert ours["generation"]["mean_new_tokens"] > 0 and theirs["generation"]["mean_new_tokens"] > 0
+    header = next(line for line in out.splitlines() if line.startswith("model "))
+    assert str(checkpoint) in header and str(tmp_path / "hf") in header  # one table, a column each
+    loss_line = next(line for line in out.splitlines() if line.startswith("loss "))
+    assert loss_line.count(f"{ours['loss']:.4f} nats/token") == 2
+    assert (output.with_suffix(".completions.txt").read_text().count(f"=== {tmp_path / 'hf'}: ")) == 2

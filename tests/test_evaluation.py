@@ -13,6 +13,7 @@ from tinystories.errors import UserError
 from tinystories.evaluation import (ConcatenatedTokens, byte_count, count_stories, distinct_n, first_sentence,
                                    first_stories, generation_quality, repetition_n, story_texts, stream_loss, words)
 from tinystories.hf import to_hf
+from tinystories.subjects import CheckpointSubject
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 STORIES = [
@@ -59,7 +60,7 @@ def loss_by_plain_loops(model: Model, tokens: np.ndarray) -> tuple[float, int]:
 
 def test_loss_equals_a_plain_recomputation(model, tokens):
     assert (len(tokens) - 1) % model.config.block_size != 0, "the last window should be a short one"
-    result = stream_loss(model, tokens, batch_size=2, progress=False)
+    result = stream_loss(CheckpointSubject(model), tokens, batch_size=2, progress=False)
     total, count = loss_by_plain_loops(model, tokens)
     assert result.tokens == count == len(tokens) - 1
     assert result.loss == pytest.approx(total / count, rel=1e-5)
@@ -78,17 +79,18 @@ def test_loss_equals_the_exported_hugging_face_model(model, tokens):
             inputs = inputs[:len(targets)]
             logits = hf_model(inputs[None]).logits[0].double()
             total += F.cross_entropy(logits, targets, reduction="sum").item()
-    result = stream_loss(model, tokens, batch_size=32, progress=False)
+    result = stream_loss(CheckpointSubject(model), tokens, batch_size=32, progress=False)
     assert result.loss == pytest.approx(total / (len(ids) - 1), rel=1e-5)
 
 
 def test_loss_does_not_depend_on_the_batch_size(model, tokens):
-    losses = {stream_loss(model, tokens, batch_size=size, progress=False).nll for size in (1, 3, 100)}
+    subject = CheckpointSubject(model)
+    losses = {stream_loss(subject, tokens, batch_size=size, progress=False).nll for size in (1, 3, 100)}
     assert max(losses) - min(losses) < 1e-6 * max(losses)
 
 
 def test_bits_per_byte_counts_the_scored_texts_bytes(model, tokens):
-    result = stream_loss(model, tokens, batch_size=4, progress=False)
+    result = stream_loss(CheckpointSubject(model), tokens, batch_size=4, progress=False)
     tokenizer = get_tokenizer()
     scored = tokens[1:].tolist()
     text_bytes = sum(len(tokenizer.decode_single_token_bytes(t)) for t in scored if t != EOT_ID)
@@ -99,15 +101,15 @@ def test_bits_per_byte_counts_the_scored_texts_bytes(model, tokens):
 def test_running_out_of_memory_halves_the_batch(model, tokens, monkeypatch):
     real = evaluation._windows_nll
 
-    def small_memory(model, chunk, rows, length):
+    def small_memory(subject, chunk, rows, length):
         if rows > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 3.00 GiB")
-        return real(model, chunk, rows, length)
+        return real(subject, chunk, rows, length)
 
     longer = np.tile(tokens, 3)  # 8 whole windows
-    expected = stream_loss(model, longer, batch_size=8, progress=False)
+    expected = stream_loss(CheckpointSubject(model), longer, batch_size=8, progress=False)
     monkeypatch.setattr(evaluation, "_windows_nll", small_memory)
-    result = stream_loss(model, longer, batch_size=8, progress=False)
+    result = stream_loss(CheckpointSubject(model), longer, batch_size=8, progress=False)
     assert result.batch_size == 2
     assert result.nll == pytest.approx(expected.nll, rel=1e-9)
 
@@ -115,9 +117,9 @@ def test_running_out_of_memory_halves_the_batch(model, tokens, monkeypatch):
 def test_token_ids_beyond_the_vocabulary_and_tiny_streams_are_user_errors(tokens):
     nano = Model(preset("nano", dropout=0.0))
     with pytest.raises(UserError, match="vocabulary"):
-        stream_loss(nano, tokens, batch_size=4, progress=False)
+        stream_loss(CheckpointSubject(nano), tokens, batch_size=4, progress=False)
     with pytest.raises(UserError, match="fewer than 2"):
-        stream_loss(nano, np.array([1], dtype=np.uint16), batch_size=4, progress=False)
+        stream_loss(CheckpointSubject(nano), np.array([1], dtype=np.uint16), batch_size=4, progress=False)
 
 
 def test_stream_helpers(tokens):

@@ -201,3 +201,23 @@ def test_output_writes_the_json_document_only_when_generation_succeeds(checkpoin
     document = json.loads(samples.read_text())
     assert document["seed"] == 2 and len(document["samples"]) == 1
     assert 1 <= document["samples"][0]["new_tokens"] <= 5
+
+
+def test_a_hugging_face_folder_generates_like_its_checkpoint(checkpoint, tmp_path, monkeypatch, capsys):
+    from tinystories.checkpoint import load_model
+    from tinystories.hf import save_hf
+
+    save_hf(load_model(checkpoint)[0], tmp_path / "hf")
+    documents = []
+    for model in (str(checkpoint), str(tmp_path / "hf")):
+        for beams in ("1", "3"):
+            status, out, err = run(monkeypatch, capsys, "--model", model, "--json", "--temperature", "0",
+                                   "--max_tokens", "10", "--num_beams", beams, "--prompt", "Lily saw a")
+            assert status == 0, err
+            documents.append(json.loads(out))
+    ours_greedy, ours_beams, theirs_greedy, theirs_beams = [d["samples"][0] for d in documents]
+    assert theirs_greedy["token_ids"] == ours_greedy["token_ids"] and len(theirs_greedy["token_ids"]) == 10
+    assert theirs_beams["token_ids"] == ours_beams["token_ids"]
+    assert theirs_greedy["text"] == ours_greedy["text"] and documents[2]["step"] is None
+    status, out, err = run(monkeypatch, capsys, "--model", str(tmp_path / "hf"), "--max_tokens", "5", "--seed", "1")
+    assert status == 0 and out.startswith("Once upon a time") and "tokens/s" in err

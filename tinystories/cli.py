@@ -43,8 +43,15 @@ def _optional_of(annotation: Any) -> Optional[type]:
     return None
 
 
+def _list_of(annotation: Any) -> Optional[type]:
+    """X for list[X], else None."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
+
+
 def _parser_for(annotation: Any) -> tuple[Any, bool]:
-    """(function turning a command-line string into the field's type, whether None is allowed)."""
+    """(function turning a command-line string into the field's type, whether None is allowed); for a list
+    field, the type of one element."""
+    annotation = _list_of(annotation) or annotation
     inner = _optional_of(annotation)
     nullable = inner is not None
     base = inner if nullable else annotation
@@ -75,8 +82,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: O
         if field.name in exclude:
             continue
         parse, _ = _parser_for(hints[field.name])
-        # A bare true/false flag (`--json`) means true; `--json false` also works.
-        switch = {"nargs": "?", "const": True} if hints[field.name] is bool else {}
+        # A bare true/false flag (`--json`) means true; `--json false` also works. A list takes one or more values.
+        switch = {"nargs": "?", "const": True} if hints[field.name] is bool else \
+            {"nargs": "+"} if _list_of(hints[field.name]) else {}
         help_text = field.metadata.get("help", "")
         group.add_argument(f"--{field.name}", type=parse, default=argparse.SUPPRESS,
                            choices=field.metadata.get("choices"), metavar=field.metadata.get("metavar"),
@@ -132,6 +140,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise UserError(f"{where} may not be null")
         return None
     base = inner or annotation
+    element = _list_of(base)
+    if element is not None:
+        values = value if isinstance(value, list) else [value]
+        return [_coerce(item, element, where) for item in values]
     if isinstance(value, str) and base is not str:
         parse, _ = _parser_for(annotation)
         try:

@@ -1,9 +1,9 @@
 """Evaluation: the exact loss of a model on a token stream, and offline measures of its generated text.
 
 Loss. The stream (stories in order, each followed by <|endoftext|>) is cut into windows of `block_size`
-inputs starting every `block_size` tokens; each input predicts the next token, so every token after the
-first is scored exactly once, seeing between 1 and block_size tokens of its window. The last window is
-shorter when block_size does not divide the length. With N scored tokens:
+inputs (512, or the model's context if smaller) starting every `block_size` tokens; each input predicts the
+next token, so every token after the first is scored exactly once, seeing between 1 and block_size tokens of
+its window. The last window is shorter when block_size does not divide the length. With N scored tokens:
     loss = (1/N) * sum of -ln p(token | the tokens before it in its window)    (nats per token)
     perplexity = exp(loss)
     bits per byte = N * loss / (ln 2 * B)    B = UTF-8 bytes of the scored tokens' text
@@ -30,10 +30,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.loss import output_cross_entropy
-from model.model import Model
 from tinystories.checks import require_token_ids_within
 from tinystories.errors import UserError
+from tinystories.subjects import Subject
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 SCAN_CHUNK = 1 << 22  # tokens read at a time when scanning a memory-mapped split
@@ -135,25 +134,23 @@ def _is_out_of_memory(error: RuntimeError) -> bool:
     return "out of memory" in message or "can't allocate memory" in message
 
 
-def _windows_nll(model: Model, chunk: np.ndarray, rows: int, length: int) -> float:
+def _windows_nll(subject: Subject, chunk: np.ndarray, rows: int, length: int) -> float:
     """Summed cross-entropy of `rows` windows of `length` inputs laid end to end in chunk (rows*length + 1)."""
-    require_token_ids_within(int(chunk.max()), model.config.vocab_size, "the data")
-    data = torch.from_numpy(chunk.astype(np.int64)).to(model.token_embedding.weight.device)
+    require_token_ids_within(int(chunk.max()), subject.vocab_size, "the data")
+    data = torch.from_numpy(chunk.astype(np.int64)).to(subject.device)
     inputs, targets = data[:-1].view(rows, length), data[1:].view(rows, length)
-    # The loss is computed a chunk of positions at a time, never holding every window's logits; per-token
-    # losses are summed in float64 so the total does not depend on how the stream was batched.
-    losses = output_cross_entropy(model.hidden_states(inputs), model.lm_head.weight, targets, reduction="none")
-    return losses.double().sum().item()
+    # Per-token losses are summed in float64 so the total does not depend on how the stream was batched.
+    return subject.token_losses(inputs, targets).double().sum().item()
 
 
 @torch.inference_mode()
-def stream_loss(model: Model, tokens: Tokens, batch_size: int, progress: bool = True) -> LossResult:
-    """The exact loss of `model` on the stream (module docstring), in batches of up to batch_size windows."""
+def stream_loss(subject: Subject, tokens: Tokens, batch_size: int, progress: bool = True) -> LossResult:
+    """The exact loss of `subject` on the stream (module docstring), in batches of up to batch_size windows
+    of subject.block_size inputs."""
     length = len(tokens)
     if length < 2:
         raise UserError("the data has fewer than 2 tokens; there is nothing to score")
-    model.eval()
-    block_size = model.config.block_size
+    block_size = subject.block_size
     whole_windows, tail = divmod(length - 1, block_size)
     started = time.perf_counter()
     nll, window = 0.0, 0
@@ -162,7 +159,7 @@ def stream_loss(model: Model, tokens: Tokens, batch_size: int, progress: bool = 
             rows = min(batch_size, whole_windows - window)
             chunk = np.asarray(tokens[window * block_size:(window + rows) * block_size + 1])
             try:
-                nll += _windows_nll(model, chunk, rows, block_size)
+                nll += _windows_nll(subject, chunk, rows, block_size)
             except RuntimeError as error:
                 if not _is_out_of_memory(error) or batch_size == 1:
                     raise
@@ -173,7 +170,7 @@ def stream_loss(model: Model, tokens: Tokens, batch_size: int, progress: bool = 
             window += rows
             bar.update(rows * block_size)
         if tail:
-            nll += _windows_nll(model, np.asarray(tokens[whole_windows * block_size:]), 1, tail)
+            nll += _windows_nll(subject, np.asarray(tokens[whole_windows * block_size:]), 1, tail)
             bar.update(tail)
     seconds = time.perf_counter() - started
     scored_bytes = byte_count(tokens) - byte_count(tokens[:1])  # the first token is context only

@@ -117,6 +117,12 @@ def write_json(path: str | os.PathLike, document: Any) -> None:
     atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 
+def write_json_lines(path: str | os.PathLike, records: Iterable[Any]) -> None:
+    """One JSON document per line (JSONL), written atomically."""
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
 def remove_stale_temporaries(folder: Path, target_globs: Iterable[str]) -> list[Path]:
     """Delete the temporary files (see temporary_file_beside) that killed writes of targets matching
     `target_globs` left in `folder`.

@@ -20,7 +20,7 @@ import torch.nn as nn
 from model.model import Config, Model
 from tinystories.data.hub import hub_resolves
 from tinystories.errors import UserError, first_line
-from tinystories.tokenizer import EOT_ID, VOCAB_SIZE, bpe_file_paths, get_tokenizer
+from tinystories.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, bpe_file_paths, get_tokenizer
 
 if TYPE_CHECKING:
     import transformers
@@ -167,44 +167,92 @@ def _quiet_transformers(progress_bars: bool) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def load_hf(path_or_repo_id: str) -> Model:
-    """Our Model from a GPT-2-architecture model folder or Hugging Face hub repo id."""
-    transformers = _transformers()
-    is_folder = Path(path_or_repo_id).is_dir()
-    # Without a reachable Hub, only the cache can serve a repo id; asking the network would retry for 25 s.
-    offline = {} if is_folder or hub_resolves() else {"local_files_only": True}
-    # A local folder needs no download, so its bars would only add noise before a possible error line.
-    with _quiet_transformers(progress_bars=not is_folder):
-        try:
-            config_dict, _ = transformers.PretrainedConfig.get_config_dict(path_or_repo_id, **offline)
-        except OSError as error:
-            where = "in the Hugging Face cache, and the Hub is unreachable" if offline else \
-                f"a loadable Hugging Face repo: {first_line(error)}"
-            raise UserError(f"{path_or_repo_id} is neither a model folder nor {where}") from None
-        model_type = config_dict.get("model_type")
-        if model_type is None:
-            raise UserError(f"{path_or_repo_id} has no Hugging Face model config (config.json)")
-        if model_type != "gpt2":
-            raise UserError(f"{path_or_repo_id} is a {model_type!r} model; only GPT-2-architecture models convert")
-        hf_config = transformers.GPT2Config.from_dict(config_dict)
-        try:
-            config_from_gpt2(hf_config)  # refuse an unconvertible model before its weights are downloaded
-        except UserError as error:
-            raise UserError(f"{path_or_repo_id}: {error}") from None
-        try:
-            hf_model, info = transformers.GPT2LMHeadModel.from_pretrained(
-                path_or_repo_id, config=hf_config, output_loading_info=True, ignore_mismatched_sizes=True,
-                **offline)
-        except Exception as error:  # OSError, safetensors' and torch's errors alike mean unreadable weights
-            raise UserError(f"{path_or_repo_id}: weights could not be loaded: {first_line(error)}") from None
-    # from_pretrained fills missing or wrongly shaped weights with random ones; a conversion must not.
+def _offline_options(path_or_repo_id: str) -> dict[str, bool]:
+    """from_pretrained options: a local folder needs none; without a reachable Hub, only the cache can serve a
+    repo id (asking the network would retry for 25 s)."""
+    return {} if Path(path_or_repo_id).is_dir() or hub_resolves() else {"local_files_only": True}
+
+
+def _config_dict(path_or_repo_id: str, offline: dict[str, bool]) -> dict:
+    """The model's config.json as a dict; a folder or repo id without one is a UserError."""
+    try:
+        config_dict, _ = _transformers().PretrainedConfig.get_config_dict(path_or_repo_id, **offline)
+    except OSError as error:
+        where = "in the Hugging Face cache, and the Hub is unreachable" if offline else \
+            f"a loadable Hugging Face repo: {first_line(error)}"
+        raise UserError(f"{path_or_repo_id} is neither a model folder nor {where}") from None
+    if config_dict.get("model_type") is None:
+        raise UserError(f"{path_or_repo_id} has no Hugging Face model config (config.json)")
+    return config_dict
+
+
+def _from_pretrained(model_class: type, path_or_repo_id: str, offline: dict[str, bool], **options):
+    """model_class.from_pretrained, refusing what it would silently fill with random weights."""
+    try:
+        hf_model, info = model_class.from_pretrained(path_or_repo_id, output_loading_info=True,
+                                                     ignore_mismatched_sizes=True, **offline, **options)
+    except Exception as error:  # OSError, safetensors' and torch's errors alike mean unreadable weights
+        raise UserError(f"{path_or_repo_id}: weights could not be loaded: {first_line(error)}") from None
     if info["mismatched_keys"]:
         name, found, expected = sorted(info["mismatched_keys"])[0]
         raise UserError(f"{path_or_repo_id}: {name} has shape {tuple(found)} but its config.json implies "
                         f"{tuple(expected)}")
     if info["missing_keys"]:
         raise UserError(f"{path_or_repo_id}: weights are missing: {', '.join(sorted(info['missing_keys'])[:3])}")
+    return hf_model
+
+
+def load_hf(path_or_repo_id: str) -> Model:
+    """Our Model from a GPT-2-architecture model folder or Hugging Face hub repo id."""
+    transformers = _transformers()
+    offline = _offline_options(path_or_repo_id)
+    # A local folder needs no download, so its bars would only add noise before a possible error line.
+    with _quiet_transformers(progress_bars=not Path(path_or_repo_id).is_dir()):
+        config_dict = _config_dict(path_or_repo_id, offline)
+        if config_dict["model_type"] != "gpt2":
+            raise UserError(f"{path_or_repo_id} is a {config_dict['model_type']!r} model; only GPT-2-architecture "
+                            f"models convert")
+        hf_config = transformers.GPT2Config.from_dict(config_dict)
+        try:
+            config_from_gpt2(hf_config)  # refuse an unconvertible model before its weights are downloaded
+        except UserError as error:
+            raise UserError(f"{path_or_repo_id}: {error}") from None
+        hf_model = _from_pretrained(transformers.GPT2LMHeadModel, path_or_repo_id, offline, config=hf_config)
     return from_hf(hf_model)
+
+
+def encodes_like_gpt2(tokenizer: "transformers.PreTrainedTokenizerBase") -> bool:
+    """Whether a transformers tokenizer has GPT-2's vocabulary size, end-of-text id and ids on a sample text."""
+    probe_ids = tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    return (len(tokenizer) == VOCAB_SIZE and probe_ids == get_tokenizer().encode(_TOKENIZER_PROBE)
+            and tokenizer.convert_tokens_to_ids(EOT_TOKEN) == EOT_ID)
+
+
+def check_gpt2_tokenizer(tokenizer: "transformers.PreTrainedTokenizerBase", where: str) -> None:
+    """Refuse a tokenizer that does not encode like ours: the prepared token files are GPT-2 BPE ids."""
+    if not encodes_like_gpt2(tokenizer):
+        raise UserError(f"{where}: its tokenizer does not encode like GPT-2's ({len(tokenizer):,} ids, different ids "
+                        f"for a sample text); the prepared token files are GPT-2 ids, so its loss would be meaningless")
+
+
+def load_causal_lm(path_or_repo_id: str) -> "transformers.PreTrainedModel":
+    """Any transformers causal LM (GPT-2, GPT-Neo, ...) from a folder or Hub id, fp32, CPU, eval mode, after
+    checking that its tokenizer encodes like GPT-2's and its vocabulary covers GPT-2's ids."""
+    transformers = _transformers()
+    offline = _offline_options(path_or_repo_id)
+    with _quiet_transformers(progress_bars=not Path(path_or_repo_id).is_dir()):
+        _config_dict(path_or_repo_id, offline)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path_or_repo_id, **offline)
+        except Exception as error:  # a missing file, an unknown tokenizer class or a corrupt JSON alike
+            raise UserError(f"{path_or_repo_id}: no usable tokenizer, so it cannot be checked against GPT-2's: "
+                            f"{first_line(error)}") from None
+        check_gpt2_tokenizer(tokenizer, path_or_repo_id)
+        hf_model = _from_pretrained(transformers.AutoModelForCausalLM, path_or_repo_id, offline, dtype=torch.float32)
+    if hf_model.config.vocab_size < VOCAB_SIZE:
+        raise UserError(f"{path_or_repo_id}: its vocabulary of {hf_model.config.vocab_size:,} ids does not cover "
+                        f"GPT-2's {VOCAB_SIZE:,}")
+    return hf_model.eval()
 
 
 def gpt2_tokenizer(model_max_length: int) -> "transformers.PreTrainedTokenizerBase":
@@ -234,9 +282,7 @@ def save_hf(model: Model, out_dir: str | os.PathLike) -> list[Path]:
     shutil.copyfile(paths["encoder.json"], folder / "vocab.json")
     shutil.copyfile(paths["vocab.bpe"], folder / "merges.txt")
 
-    saved = transformers.AutoTokenizer.from_pretrained(folder)
-    expected = get_tokenizer().encode(_TOKENIZER_PROBE)
-    if len(saved) != VOCAB_SIZE or saved(_TOKENIZER_PROBE)["input_ids"] != expected:
+    if not encodes_like_gpt2(transformers.AutoTokenizer.from_pretrained(folder)):
         raise UserError(f"the tokenizer saved in {out_dir} does not reproduce GPT-2's ids with transformers "
                         f"{transformers.__version__}; try another transformers version")
     return sorted(path for path in folder.iterdir() if path.is_file())
