@@ -4,8 +4,8 @@ interface, so both land in one comparable table.
 
 Both are scored on the same windows (`block_size` tokens, 512 by default or the model's context if smaller)
 and complete prompts with the same sampling settings. Our checkpoints decode with our batched engine, which
-slides each sequence's window past the context; Hugging Face models decode with transformers' `generate()`, batched with left
-padding, which cannot slide: their completions stop at the model's context. Prompts are encoded, and
+slides each sequence's window past the context; Hugging Face models decode with transformers' `generate()`,
+batched with left padding, which cannot slide: their completions stop at the model's context. Prompts are encoded, and
 completions decoded, with our tokenizer in both cases: load_causal_lm refuses a model whose tokenizer
 encodes differently.
 """
