@@ -225,8 +225,9 @@ def test_ctrl_c_keeps_the_gradings_and_a_rerun_asks_only_the_rest(checkpoint, tm
                    str(beginnings), "--judge_concurrency", "1", "--max_tokens", "6", "--judge_cache", str(cache),
                    "--output", str(tmp_path / "report.json")]
         environment = {**os.environ, "OPENAI_API_KEY": SECRET}
+        # As from a terminal: a background job's children inherit an ignored SIGINT, which would hide Ctrl-C.
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+                                   text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while not (cache.is_file() and len(cache.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
             time.sleep(0.05)
