@@ -1,12 +1,13 @@
 """tinystories/files.py: atomic writes keep the previous file on failure and give ordinary permissions (also for a
-writer that opens the file by name); a killed save's temporaries are found by name; JSON is written atomically."""
+writer that opens the file by name); a killed save's temporaries are found by name; JSON and JSON lines are written
+atomically."""
 import json
 import os
 
 import pytest
 
 from tinystories.errors import UserError
-from tinystories.files import atomic_path, atomic_write, remove_stale_temporaries, write_json
+from tinystories.files import atomic_path, atomic_write, remove_stale_temporaries, write_json, write_json_lines
 
 
 def test_failed_atomic_write_keeps_the_previous_file(tmp_path):
@@ -82,3 +83,11 @@ def test_a_failed_block_removes_only_the_empty_folders_it_created(tmp_path):
     with folders_removed_on_failure(tmp_path / "ok"):
         (tmp_path / "ok").mkdir()
     assert (tmp_path / "ok").is_dir()  # success keeps even an empty folder
+
+
+def test_json_lines_are_one_document_a_line_keeping_unicode(tmp_path):
+    records = [{"text": "Lily said \"hi\"\nthen left", "grade": 7}, {"text": "café ☕"}]
+    write_json_lines(tmp_path / "gradings.jsonl", records)
+    raw = (tmp_path / "gradings.jsonl").read_bytes()
+    assert raw.count(b"\n") == 2 and raw.endswith(b"\n") and "café ☕".encode("utf-8") in raw
+    assert [json.loads(line) for line in raw.decode("utf-8").splitlines()] == records

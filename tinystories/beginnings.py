@@ -7,7 +7,7 @@ import random
 import re
 from pathlib import Path
 
-from tinystories.errors import UserError
+from tinystories.errors import UserError, first_line
 
 
 def story_beginning(story: str, seed: int, number: int) -> str:
@@ -41,7 +41,7 @@ def read_beginnings(path: str) -> list[str]:
         try:
             beginnings = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise UserError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+            raise UserError(f"{path}: not valid YAML: {first_line(error)}") from None
         if not isinstance(beginnings, list) or not all(isinstance(item, str) for item in beginnings):
             raise UserError(f"{path}: expected a YAML list of strings")
     elif file.suffix.lower() == ".jsonl":
