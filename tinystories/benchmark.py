@@ -1,5 +1,6 @@
 """Throughput side by side: our training, evaluation, generation and data preparation against Hugging Face
-transformers and bare tiktoken, with the hardware bounds that put the figures in context.
+transformers and bare tiktoken, and serve.py under concurrent clients, with the bounds that put the figures
+in context.
 
 Every measurement interleaves its contenders: round r runs each contender once, in an order rotated every
 round, after one untimed warm-up call each (which also compiles). A machine that slows down for a while
@@ -36,11 +37,12 @@ from tinystories.hardware import (COMPILE_CHOICES, DEVICE_HELP, DTYPE_CHOICES, a
                                   flops_per_token, peak_flops, resolve_device, resolve_dtype, should_compile)
 from tinystories.precision import PRECISIONS, rounded_copy
 from tinystories.sampling import SamplingConfig, decoding_model, sample_tokens
+from tinystories.serving_benchmark import ServingWorkloads
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 from tinystories.training import TrainConfig, make_optimizer
 
-SECTIONS = ("training", "evaluation", "generation", "data", "cpu-inference")
-DEFAULT_SECTIONS = ("training", "evaluation", "generation", "data")  # cpu-inference needs requirements-gguf.txt
+SECTIONS = ("training", "evaluation", "generation", "data", "cpu-inference", "serving")
+DEFAULT_SECTIONS = ("training", "evaluation", "generation", "data")  # cpu-inference needs requirements-gguf.txt; serving starts servers
 PROMPT = "Once upon a time"
 HF_MODEL = "HF GPT2LMHeadModel"
 OURS_GENERATE = "ours, sample_tokens"
@@ -64,6 +66,8 @@ class BenchConfig:
         "help": "training steps or evaluation batches timed per round (None: 1 on the CPU, 10 on GPUs)"})
     new_tokens: int = field(default=256, metadata={
         "help": "tokens generated per sequence and round, EOS ignored (batches of 1, 8 and 32 sequences)"})
+    serving_tokens: int = field(default=128, metadata={
+        "help": "tokens each client of the serving section streams, EOS ignored"})
     dtype: str = field(default="auto", metadata={
         "choices": DTYPE_CHOICES, "help": "training and evaluation precision (auto: bfloat16 autocast on GPUs, "
                                           "float32 on the CPU); generation runs in float32 as generate.py does"})
@@ -91,7 +95,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         require_at_least(self, ("batch_size", "seq_len", "steps", "num_workers", "repeats", "new_tokens",
-                                "data_stories", "compare_tokens"))
+                                "data_stories", "compare_tokens", "serving_tokens"))
         unknown = sorted(set(self.section_list) - set(SECTIONS))
         if unknown or not self.section_list:
             raise UserError(f"--sections must name some of {', '.join(SECTIONS)}; got {self.sections!r}")
@@ -580,6 +584,31 @@ def cpu_inference_figures(config: BenchConfig, rounds: int) -> tuple[list[Figure
     return figures, skipped, reference.positions
 
 
+def serving_figures(settings: Settings, rounds: int, seed: int, new_tokens: int) -> list[Figure]:
+    """serve.py under 1, 4 and 16 concurrent streaming clients: aggregate tokens/s (with its ratio to one client
+    and to the engine alone, without HTTP) and the median and 95th percentile of the time to first token."""
+    torch.manual_seed(seed)
+    model = Model(settings.model_config).to(settings.device).eval()
+    with ServingWorkloads(model, settings.device, new_tokens, seed) as serving:
+        workloads = serving.workloads
+        rates, _ = interleave([Contender(workload.name, workload.run, workload.tokens) for workload in workloads],
+                              rounds, torch.device("cpu"), "serving")
+    medians = {name: statistics.median(samples) for name, samples in rates.items()}
+    one_client, engine_alone = workloads[0].name, workloads[-1].name
+    figures = []
+    for workload in workloads[:-1]:
+        clients = workload.tokens // new_tokens
+        ratios = {"1 client": medians[workload.name] / medians[one_client]} if workload.name != one_client else {}
+        ratios["engine alone"] = medians[workload.name] / medians[engine_alone]
+        first_tokens = [1000 * seconds for seconds in workload.first_token_seconds[clients:]]  # after the warm-up
+        figures += [Figure("serving", workload.name, "tokens/s", rates[workload.name], ratios),
+                    Figure("serving", f"{workload.name}, time to first token, median", "ms",
+                           [statistics.median(first_tokens)]),
+                    Figure("serving", f"{workload.name}, time to first token, p95", "ms",
+                           [float(np.percentile(first_tokens, 95))])]
+    return figures + [Figure("serving", engine_alone, "tokens/s", rates[engine_alone])]
+
+
 def package_version(name: str) -> Optional[str]:
     try:
         return importlib.metadata.version(name)
@@ -618,6 +647,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                                    "positions_compared": positions, "not_run": skipped}
         for name, reason in skipped.items():
             print(f"cpu-inference: {name} not measured: {reason}", file=sys.stderr)
+    if "serving" in sections:
+        figures += serving_figures(settings, config.repeats, config.seed, config.serving_tokens)
     ordered = [figure for figure in figures if figure.section != "hardware"] + \
         [figure for figure in figures if figure.section == "hardware"]
     report["figures"] = [figure.as_dict() for figure in ordered]

@@ -100,13 +100,21 @@ def _invalid(message: str, param: Optional[str] = None) -> ApiError:
     return ApiError(400, message, param)
 
 
+# Fields whose JSON type is one of several: pydantic would report only the first alternative.
+_EXPECTED = {"stop": "a string or a list of strings",
+             "stream_options": 'an object such as {"include_usage": true}', "logit_bias": "an object"}
+
+
 def _type_error(error: ValidationError) -> ApiError:
     first = error.errors()[0]
-    param = ".".join(str(part) for part in first["loc"]) or None
+    param = str(first["loc"][0])
     if first["type"] == "missing":
         return ApiError(422, f"{param} is required; for example {EXAMPLE}", param)
+    got = json.dumps(first.get("input"))[:80]
+    if param in _EXPECTED:
+        return ApiError(422, f"{param} must be {_EXPECTED[param]}, got {got}", param)
     message = first["msg"][0].lower() + first["msg"][1:]
-    return ApiError(422, f"{param}: {message}, got {json.dumps(first.get('input'))[:80]}", param)
+    return ApiError(422, f"{param}: {message}, got {got}", param)
 
 
 def _prompts(prompt: Any, vocab_size: int) -> list[list[int]]:

@@ -33,7 +33,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from tinystories.engine import Engine, GenerationRequest, SequenceResult, TokenEvent, sequence_seed
+from tinystories.engine import Engine, GenerationRequest, SequenceHandle, SequenceResult, TokenEvent, sequence_seed
 from tinystories.errors import UserError
 from tinystories.openai_protocol import (STREAM_END, ApiError, CompletionRequest, Limits, Logprobs, ResponseHeader,
                                          choice, parse_completion_request, server_sent_event, usage)
@@ -122,6 +122,14 @@ class Service:
             self.loop.call_soon_threadsafe(self.drain)
 
 
+class GenerationFailed(ApiError):
+    """The engine could not finish a sequence (its forward failed); not the client's fault, and not a crash."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(503, f"generation failed on the server ({error}); try again, perhaps with fewer or "
+                              "shorter sequences", type="server_error", code="generation_failed")
+
+
 class Submission:
     """One request's sequences in the engine; their TokenEvents and results arrive on an asyncio queue, in order.
 
@@ -132,17 +140,24 @@ class Submission:
     def __init__(self, service: Service, requests: list[GenerationRequest]) -> None:
         assert service.loop is not None
         self.service, self.loop = service, service.loop
-        self.queue: asyncio.Queue[tuple[int, Union[TokenEvent, SequenceResult]]] = asyncio.Queue()
-        self.unfinished = len(requests)
-        service.in_flight += len(requests)
+        self.queue: asyncio.Queue[tuple[int, Union[TokenEvent, SequenceResult, Exception]]] = asyncio.Queue()
+        self.handles: list[SequenceHandle] = []
+        self.unfinished = 0
         service.submissions.add(self)
-        self.handles = [service.engine.submit(request, on_event=self._forwarder(index))
-                        for index, request in enumerate(requests)]
-        for index, handle in enumerate(self.handles):
-            threading.Thread(target=self._wait_for_result, args=(index, handle), daemon=True,
-                             name=f"result-{index}").start()
+        try:
+            for index, request in enumerate(requests):
+                self.handles.append(service.engine.submit(request, on_event=self._forwarder(index)))
+                service.in_flight += 1
+                self.unfinished += 1
+                threading.Thread(target=self._wait_for_result, args=(index, self.handles[-1]), daemon=True,
+                                 name=f"result-{index}").start()
+        except UserError as error:  # the checks in openai_protocol should have caught it already
+            self.cancel()
+            if not self.unfinished:
+                service.submissions.discard(self)
+            raise ApiError(400, str(error)) from None
 
-    def _post(self, index: int, item: Union[TokenEvent, SequenceResult]) -> None:
+    def _post(self, index: int, item: Union[TokenEvent, SequenceResult, Exception]) -> None:
         try:
             self.loop.call_soon_threadsafe(self._deliver, index, item)
         except RuntimeError:  # the event loop has closed: the server is gone and nobody is listening
@@ -151,11 +166,15 @@ class Submission:
     def _forwarder(self, index: int):
         return lambda event: self._post(index, event)
 
-    def _wait_for_result(self, index: int, handle: Any) -> None:
-        self._post(index, handle.result())
+    def _wait_for_result(self, index: int, handle: SequenceHandle) -> None:
+        try:
+            result: Union[SequenceResult, Exception] = handle.result()
+        except Exception as error:  # the engine's forward failed (out of memory, ...): this sequence ends with it
+            result = error
+        self._post(index, result)
 
-    def _deliver(self, index: int, item: Union[TokenEvent, SequenceResult]) -> None:
-        if isinstance(item, SequenceResult):
+    def _deliver(self, index: int, item: Union[TokenEvent, SequenceResult, Exception]) -> None:
+        if not isinstance(item, TokenEvent):
             self.service.in_flight -= 1
             self.unfinished -= 1
             if self.unfinished == 0:
@@ -163,10 +182,13 @@ class Submission:
         self.queue.put_nowait((index, item))
 
     async def items(self) -> AsyncIterator[tuple[int, Union[TokenEvent, SequenceResult]]]:
-        """(sequence index, TokenEvent or its final SequenceResult) until every sequence has finished."""
+        """(sequence index, TokenEvent or its final SequenceResult) until every sequence has finished;
+        a failed sequence raises GenerationFailed."""
         results = 0
         while results < len(self.handles):
             index, item = await self.queue.get()
+            if isinstance(item, Exception):
+                raise GenerationFailed(item)
             results += isinstance(item, SequenceResult)
             yield index, item
 
@@ -224,9 +246,11 @@ async def _stream(service: Service, submission: Submission, request: CompletionR
                 yield server_sent_event(header.wrap([choice(index, rest, item.finish_reason, None)]))
         if request.include_usage:
             yield server_sent_event(header.wrap([], usage(prompt_tokens, completion_tokens)))
-        yield STREAM_END
+    except GenerationFailed as error:  # the status line has gone out: report it in the stream, as OpenAI does
+        yield server_sent_event(error.body())
     finally:
         submission.cancel()  # a client that left: its sequences stop at the engine's next step
+    yield STREAM_END
 
 
 async def _until_disconnected(http_request: Request) -> None:
