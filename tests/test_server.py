@@ -75,7 +75,12 @@ def client(server) -> openai.OpenAI:
 
 def reference_tokens(decoder: Model, prompt: str, max_tokens: int, sampling: SamplingConfig, seed=None,
                      stop_at_eos: bool = True) -> list[int]:
-    """The single-sequence sampler, which batching must not change."""
+    """The single-sequence sampler, which batching must not change.
+
+    Sampled comparisons use top_k 50: a batched forward may round logits differently in the last bit, which
+    over this random model's near-uniform 50,257-way distribution can move a draw across a boundary now
+    and then; among 50 candidates it practically never does.
+    """
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     ids = get_tokenizer().encode_ordinary(prompt)
     return list(sample_tokens(decoder, ids, max_tokens, sampling, generator, stop_at_eos))
@@ -163,10 +168,11 @@ def test_streamed_completion_equals_the_whole_one(client):
 
 def test_n_samples_are_seeded_one_by_one(client, decoder):
     completion = client.completions.create(model="tiny-stories", prompt=PROMPT, max_tokens=15, n=3, seed=42,
-                                           temperature=1.0)
+                                           temperature=1.0, extra_body={"top_k": 50})
     assert [choice.index for choice in completion.choices] == [0, 1, 2]
     for choice in completion.choices:
-        expected = reference_tokens(decoder, PROMPT, 15, SamplingConfig(1.0, 0, 1.0), seed=sequence_seed(42, choice.index))
+        expected = reference_tokens(decoder, PROMPT, 15, SamplingConfig(1.0, 50, 1.0),
+                                    seed=sequence_seed(42, choice.index))
         assert choice.text == text_of(expected)
     assert len({choice.text for choice in completion.choices}) == 3
 
@@ -228,11 +234,14 @@ def test_sixteen_concurrent_streams_are_correct_and_batched(server, decoder):
 
     def stream(number: int) -> None:
         client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
-        settings = {"temperature": 0} if number % 2 == 0 else {"temperature": 1.0, "seed": number}
+        if number % 2 == 0:
+            settings = {"temperature": 0, "extra_body": {"ignore_eos": True}}
+        else:
+            settings = {"temperature": 1.0, "seed": number, "extra_body": {"ignore_eos": True, "top_k": 50}}
         try:
             start.wait()
             chunks = client.completions.create(model="tiny-stories", prompt=prompts[number], max_tokens=60,
-                                               stream=True, extra_body={"ignore_eos": True}, **settings)
+                                               stream=True, **settings)
             texts[number] = "".join(chunk.choices[0].text for chunk in chunks)
         except BaseException as error:  # reported by the main thread
             errors.append(error)
@@ -245,7 +254,7 @@ def test_sixteen_concurrent_streams_are_correct_and_batched(server, decoder):
         thread.join()
     assert not errors, errors
     for number, prompt in enumerate(prompts):
-        sampling = SamplingConfig(0.0, 0, 1.0) if number % 2 == 0 else SamplingConfig(1.0, 0, 1.0)
+        sampling = SamplingConfig(0.0, 0, 1.0) if number % 2 == 0 else SamplingConfig(1.0, 50, 1.0)
         seed = None if number % 2 == 0 else sequence_seed(number, 0)
         expected = reference_tokens(decoder, prompt, 60, sampling, seed, stop_at_eos=False)
         assert texts[number] == get_tokenizer().decode(expected), f"client {number}"

@@ -73,7 +73,7 @@ function addToken(token, logprob, top) {
   span.className = token === END_OF_TEXT ? "tok end" : "tok";
   span.textContent = shown(token);
   span.style.background = shade(p);
-  span.dataset.p = p.toFixed(4);
+  span.dataset.p = String(p);
   const ranked = Object.entries(top).map(([text, value]) => [text, Math.exp(value)]).sort((a, b) => b[1] - a[1]);
   alternatives.set(span, { token, p, top: ranked });
   $("tokens").append(span);
