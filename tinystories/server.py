@@ -201,7 +201,8 @@ class Submission:
 def generation_requests(request: CompletionRequest) -> list[GenerationRequest]:
     """One engine request per choice, in OpenAI's order: choice k = prompt k // n, sample k % n.
 
-    With a seed, choice k is seeded with sequence_seed(seed, k), the rule generate.py follows for sample k.
+    With a seed, choice k is seeded with sequence_seed(seed, k): choice 0 with the seed itself, as generate.py's
+    first sample.
     """
     prompts = [ids for ids in request.prompts for _ in range(request.n)]
     return [GenerationRequest(prompt_ids=ids, max_new_tokens=request.max_tokens, sampling=request.sampling,
