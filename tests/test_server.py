@@ -32,6 +32,18 @@ from tinystories.tokenizer import EOT_ID, get_tokenizer
 MAX_BATCH, MAX_QUEUE, MAX_N, MAX_TOKENS_LIMIT = 8, 8, 8, 600
 API_KEY = secrets.token_hex(16)
 PROMPT = "Once upon a time, there was a little girl named Lily."
+# Child processes decode on one thread too (see one_thread): faster for a tiny model on a busy machine.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The references decode one short sequence at a time: a second thread only adds waiting, which on a busy
+    machine made each step hundreds of times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +73,7 @@ def server(checkpoint, tmp_path_factory):
     with ServerProcess(str(checkpoint), "--max_batch", str(MAX_BATCH), "--max_queue", str(MAX_QUEUE),
                        "--max_n", str(MAX_N), "--max_tokens_limit", str(MAX_TOKENS_LIMIT),
                        "--served_model_name", "tiny-stories", log_dir=tmp_path_factory.mktemp("serve_log"),
-                       env={"TINYSTORIES_API_KEY": API_KEY}) as running:
+                       env={**ONE_THREAD, "TINYSTORIES_API_KEY": API_KEY}) as running:
         yield running
         log = running.log()
     assert API_KEY not in log, "the API key must never be logged"
@@ -219,7 +231,7 @@ def test_logprobs_are_the_models_log_softmax(client, model, decoder):
 def test_greedy_text_equals_generate_py(client, checkpoint):
     result = subprocess.run([sys.executable, "generate.py", "--model", str(checkpoint), "--prompt", PROMPT,
                              "--temperature", "0", "--max_tokens", "40"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=300, env={**os.environ, **ONE_THREAD})
     assert result.returncode == 0, result.stderr
     served = client.completions.create(model="tiny-stories", prompt=PROMPT, max_tokens=40, temperature=0)
     assert result.stdout == PROMPT + served.choices[0].text + "\n"
@@ -407,13 +419,34 @@ def use_playground(driver, base_url: str, prompt: str, max_tokens: int, seed: in
             "tooltip": driver.find_element(By.ID, "tooltip").text}
 
 
+def stop_midway(driver, server, max_tokens: int = MAX_TOKENS_LIMIT) -> str:
+    """Generate a long story on the loaded page, press Stop once tokens arrive; the status line after."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    field = driver.find_element(By.ID, "max-tokens")
+    field.clear()
+    field.send_keys(str(max_tokens))
+    driver.find_element(By.ID, "generate").click()
+    wait = WebDriverWait(driver, 120)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#tokens .tok")) >= 3)
+    driver.find_element(By.ID, "stop").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("stopped"))
+    wait_until_idle(server)
+    return driver.find_element(By.ID, "status").text
+
+
 def test_playground_streams_a_story_and_shows_token_probabilities(server, client, tmp_path):
     driver = chromium_driver()
     try:
+        steps_before = server.health()["steps"]
         shown = use_playground(driver, server.base_url, "Once upon a time", max_tokens=80, seed=3, api_key=API_KEY)
         driver.save_screenshot(str(tmp_path / "playground.png"))
+        stopped = stop_midway(driver, server)
     finally:
         driver.quit()
+    assert server.health()["steps"] - steps_before < 80 + MAX_TOKENS_LIMIT, "Stop should end the generation"
+    assert int(stopped.split()[2]) < MAX_TOKENS_LIMIT  # "stopped after N tokens"
     expected = client.completions.create(model="tiny-stories", prompt="Once upon a time", max_tokens=80, seed=3,
                                          temperature=0.8, top_p=0.95, extra_body={"top_k": 50}).choices[0]
     assert shown["story"] == expected.text
@@ -434,7 +467,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path):
 
 
 def test_sigterm_ends_open_streams_and_exits_0(checkpoint, tmp_path):
-    server = ServerProcess(str(checkpoint), log_dir=tmp_path)
+    server = ServerProcess(str(checkpoint), log_dir=tmp_path, env=ONE_THREAD)
     server.start()
     try:
         _, response = open_stream(server, {"model": str(checkpoint), "prompt": PROMPT, "max_tokens": 600,
