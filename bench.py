@@ -14,13 +14,14 @@ from datetime import datetime
 from tinystories.benchmark import BenchConfig, format_table, run_benchmark
 from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.errors import run_main
-from tinystories.files import write_json
+from tinystories.files import check_output_file, write_json
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     [config] = parse_dataclasses(parser, [(BenchConfig, "benchmark")], argv)
     path = config.report_path(datetime.now())
+    check_output_file(path, "--json")  # an unusable path fails now, not after minutes of measuring
     report = run_benchmark(config)
     replaced = path.exists()
     write_json(path, report)

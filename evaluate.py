@@ -23,14 +23,15 @@ from tinystories.engine import default_batch_size
 from tinystories.errors import UserError, run_main
 from tinystories.evaluation import (ConcatenatedTokens, Tokens, count_stories, first_sentence, first_stories,
                                    generation_quality, story_texts, stream_loss)
-from tinystories.files import atomic_write, ensure_folder, folders_removed_on_failure, write_json, write_json_lines
+from tinystories.files import atomic_write, check_output_file, folders_removed_on_failure, write_json, write_json_lines
 from tinystories.hardware import DEVICE_HELP, resolve_device
 from tinystories.judge import (AGE_GROUPS, CRITERIA, PROMPT_VERSION, Grading, GradingCache, Judge, JudgeConfig,
                                grade_all, grading_records, judge_report)
 from tinystories.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL
+from tinystories.memory import loss_bytes, require_fits, window_bytes
 from tinystories.precision import PRECISION_HELP, PRECISIONS
 from tinystories.sampling import Completion, SamplingConfig
-from tinystories.subjects import DEFAULT_BLOCK_SIZE, Subject, load_subject
+from tinystories.subjects import DEFAULT_BLOCK_SIZE, CheckpointSubject, Subject, load_subject
 from tinystories.tokenizer import get_tokenizer
 
 SPLITS = ["train", "validation", "test", "all"]
@@ -226,8 +227,10 @@ def main() -> None:
 
 
 def evaluate_and_report(config: EvaluateConfig, sampling: SamplingConfig, judging: JudgeConfig) -> None:
-    output = Path(config.output)
-    ensure_folder(output.parent)  # a bad --output fails now, not after the evaluation
+    # A bad --output fails now, not after the evaluation.
+    output = check_output_file(config.output, "--output")
+    if config.generate:
+        check_output_file(output.with_suffix(".completions.txt"), "--output's completions file")
     tokens, source = evaluation_tokens(config)
     device = resolve_device(config.device)
     judge = Judge(judging) if judging.judge is not None else None  # a missing key fails before the long work
@@ -236,6 +239,11 @@ def evaluate_and_report(config: EvaluateConfig, sampling: SamplingConfig, judgin
     prompts = [first_sentence(story) for story in story_texts(tokens, config.generate)] if config.generate else []
     # Every name is checked before the long work.
     subjects = [load_subject(name, device, config.block_size, config.precision) for name in config.model]
+    for subject in subjects:
+        if isinstance(subject, CheckpointSubject):
+            require_fits("--batch_size", config.batch_size, window_bytes(subject.model.config, subject.block_size),
+                         device, fixed_bytes=loss_bytes(device),
+                         what=f" for {subject.name}'s windows of {subject.block_size} tokens")
     report: dict[str, Any] = {
         "split": None if config.data_path else config.split, "data": source, "max_samples": config.max_samples,
         "stories": count_stories(tokens), "tokens": len(tokens) - 1, "block_size": config.block_size,
@@ -253,21 +261,26 @@ def evaluate_and_report(config: EvaluateConfig, sampling: SamplingConfig, judgin
         records += grading_records(gradings, model=subject.name)
     if prompts:
         completions_path = output.with_suffix(".completions.txt")
-        write_completions(completions_path, completions)
         written.append(completions_path)
         report["generation"] = {"completions": len(prompts), "seed": config.seed, "max_tokens": config.max_tokens,
                                 "sampling": asdict(sampling), "completions_file": str(completions_path)}
     if judge is not None:
         gradings_path = output.with_suffix(".judged.jsonl")
-        write_json_lines(gradings_path, records)
         written.append(gradings_path)
         report["judge"] = {"judge_model": judge.model, "endpoint_host": judge.host,
                            "prompt_version": PROMPT_VERSION,
                            "beginnings": len(beginnings), "beginnings_source": beginnings_source,
                            "seed": config.seed, "max_tokens": config.max_tokens, "sampling": asdict(sampling),
                            "gradings_file": str(gradings_path), "cache": judging.judge_cache}
-    write_json(output, report)
-    print(summary(report))
+    print(summary(report))  # first, so that a failed write below loses none of the results
+    try:
+        if prompts:
+            write_completions(output.with_suffix(".completions.txt"), completions)
+        if judge is not None:
+            write_json_lines(output.with_suffix(".judged.jsonl"), records)
+        write_json(output, report)
+    except UserError as error:
+        raise UserError(f"{error} (the results are printed above)") from None
     print(f"wrote {', '.join(str(path) for path in written)}")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from tinystories.checkpoint import load_model, model_checkpoint, save_checkpoint
 from tinystories.cli import ArgumentParser
 from tinystories.errors import UserError, run_main
+from tinystories.files import check_output_file
 from tinystories.gguf_export import EXACT_GELU_WARNING, OUTTYPES, save_gguf
 from tinystories.hf import load_hf, save_hf
 
@@ -37,6 +38,7 @@ def main() -> None:
         raise UserError("--format applies to --model only (--from_hf always writes our .pth checkpoint)")
 
     if args.model is not None and args.format == "gguf":
+        check_output_file(args.out, "--out")
         model, _ = load_model(args.model)
         save_gguf(model, args.out, args.outtype or "f32")
         if model.config.activation == "gelu":
@@ -48,8 +50,7 @@ def main() -> None:
         files = save_hf(model, args.out)
         print(f"wrote Hugging Face model folder {args.out}: {', '.join(file.name for file in files)}")
     else:
-        if Path(args.out).is_dir():
-            raise UserError(f"--out {args.out} is a folder; pass the path of the .pth file to write")
+        check_output_file(args.out, "--out")
         model = load_hf(args.from_hf)
         save_checkpoint(args.out, model_checkpoint(model))
         print(f"wrote checkpoint {args.out} ({model.num_parameters():,} parameters, config {model.config})")

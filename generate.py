@@ -20,8 +20,9 @@ from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.engine import (Engine, GenerationRequest, as_completion, check_cache_fits, default_batch_size,
                                 sequence_seed)
 from tinystories.errors import UserError, run_main
-from tinystories.files import atomic_write
+from tinystories.files import atomic_write, check_output_file, folders_removed_on_failure, read_text_file
 from tinystories.hardware import DEVICE_HELP, resolve_device
+from tinystories.memory import require_fits, sequence_bytes
 from tinystories.paths import DEFAULT_MODEL
 from tinystories.precision import PRECISION_HELP, PRECISIONS
 from tinystories.sampling import Completion, SamplingConfig, complete, decoding_model
@@ -72,12 +73,7 @@ def read_prompts(config: GenerateConfig) -> list[str]:
     if config.prompt_file is None:
         return [config.prompt]
     path = Path(config.prompt_file)
-    if not path.is_file():
-        raise UserError(f"prompt file {path} not found")
-    try:
-        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise UserError(f"prompt file {path} is not UTF-8 text") from None
+    prompts = [line for line in read_text_file(path, f"prompt file {path}").splitlines() if line.strip()]
     if not prompts:
         raise UserError(f"prompt file {path} holds no prompts (one per line)")
     return prompts
@@ -153,11 +149,25 @@ def hf_completions(subject: HuggingFaceSubject, prompts: list[str], config: Gene
 
 def main() -> None:
     config, sampling = parse_arguments()
+    # The --output check below creates its folder; a run that then fails leaves no empty folders behind.
+    with folders_removed_on_failure(*([Path(config.output).parent] if config.output is not None else [])):
+        generate_and_print(config, sampling)
+
+
+def generate_and_print(config: GenerateConfig, sampling: SamplingConfig) -> None:
     prompts = read_prompts(config)
+    if config.output is not None:
+        check_output_file(config.output, "--output")  # an unusable path fails now, not after the sampling
     device = resolve_device(config.device)
     subject = load_subject(config.model, device, precision=config.precision)
     # A Hugging Face model decodes with transformers' generate() and prints each text in one piece.
     decoder = decoding_model(subject.model, subject.precision) if isinstance(subject, CheckpointSubject) else None
+    if config.num_beams > 1 and isinstance(subject, CheckpointSubject):
+        # Beam search decodes num_beams sequences at once (the engine checks its own batch).
+        model_config = subject.model.config
+        longest = max(len(prompt) for prompt in prompts) + config.max_tokens  # characters bound tokens
+        require_fits("--num_beams", config.num_beams, sequence_bytes(model_config, longest), device,
+                     what=f" for its sequences of {model_config.block_size} positions")
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     completions: list[tuple[int, int, Completion]] = []
     engine = None

@@ -27,11 +27,14 @@ IGNORE_INDEX = -1
 _cpu_buffers: dict[str, torch.Tensor] = {}
 
 
+def logits_chunk_bytes(device: torch.device) -> int:
+    """Bytes of fp32 logits per chunk: about 200 MB on the CPU (products of fewer rows run slower there),
+    1 GB on GPUs."""
+    return (200 << 20) if device.type == "cpu" else (1 << 30)
+
+
 def _chunk_rows(device: torch.device, vocab_size: int) -> int:
-    """Positions per chunk: about 200 MB of fp32 logits on the CPU (products of fewer rows run slower
-    there), 1 GB on GPUs."""
-    chunk_bytes = (200 << 20) if device.type == "cpu" else (1 << 30)
-    return max(1, chunk_bytes // (4 * vocab_size))
+    return max(1, logits_chunk_bytes(device) // (4 * vocab_size))
 
 
 def _reuses_memory(tensor: torch.Tensor) -> bool:

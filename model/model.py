@@ -19,6 +19,10 @@ from model.loss import output_cross_entropy
 ACTIVATIONS = ("gelu", "gelu_new")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass
 class Config:
     vocab_size: int = 50257
@@ -33,15 +37,23 @@ class Config:
     layer_norm_epsilon: float = 1e-5
 
     def __post_init__(self) -> None:
+        # Configs also come from files (checkpoints, Hugging Face config.json), so types are checked too.
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"bias must be true or false, got {self.bias!r}")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not _is_number(self.layer_norm_epsilon) or not 0.0 < self.layer_norm_epsilon < math.inf:
+            raise ValueError(f"layer_norm_epsilon must be a positive finite number, got {self.layer_norm_epsilon!r}")
 
     @property
     def ffn_size(self) -> int:

@@ -83,3 +83,28 @@ def fake_hub(tmp_path, monkeypatch):
                "TRANSFORMERS_OFFLINE": "0", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     yield hub
     hub.stop()
+
+
+def _cannot_create_files_in(folder: Path) -> bool:
+    try:
+        (folder / ".write_probe").touch()
+    except OSError:
+        return True
+    (folder / ".write_probe").unlink()
+    return False
+
+
+@pytest.fixture
+def read_only_folder(tmp_path) -> Path:
+    """A folder in which this process cannot create files: a chmod 555 folder, or for root (whom permissions
+    do not stop) a folder of the kernel's read-only sysfs."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys/kernel")):
+        if candidate.is_dir() and _cannot_create_files_in(candidate):
+            yield candidate
+            break
+    else:
+        pytest.skip("no folder here refuses new files")
+    folder.chmod(0o755)

@@ -118,6 +118,9 @@ def test_table_puts_ratios_in_their_own_column():
     ({"repeats": 0}, "--repeats"),
     ({"preset": "huge"}, "unknown preset"),
     ({"preset": "nano", "new_tokens": 64}, "--new_tokens"),
+    ({"batch_size": 10**9}, "--batch_size 1000000000 needs about"),
+    ({"batch_size": 10**9, "sections": "evaluation"}, "for evaluation sequences"),
+    ({"data_stories": 10**12, "sections": "data"}, "--data_stories 1000000000000 needs about"),
 ])
 def test_bad_settings_are_user_errors(flags, message):
     with pytest.raises(UserError, match=message):
@@ -144,3 +147,11 @@ def test_each_run_gets_its_own_report_unless_json_is_given():
     assert config.report_path(first) == Path("results/bench_20260102_030405.json")
     assert config.report_path(first) != config.report_path(second)
     assert BenchConfig(json="results/bench_gpu.json").report_path(first) == Path("results/bench_gpu.json")
+
+
+def test_unwritable_json_is_refused_before_measuring(tmp_path, read_only_folder):
+    for path, message in [(tmp_path, "is a folder"), (read_only_folder / "bench.json", "cannot write in")]:
+        result = subprocess.run([sys.executable, "bench.py", *TINY_BENCH, "--json", str(path)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stdout == ""
+        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr

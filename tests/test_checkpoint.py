@@ -1,5 +1,10 @@
 """Checkpoint files: round trip, weights_only loading, atomic writes, clear errors for bad files."""
+import re
+import subprocess
+import sys
+import warnings
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +12,8 @@ import torch
 from model.model import Model, preset
 from tinystories.checkpoint import load_checkpoint, load_model, model_checkpoint, save_checkpoint
 from tinystories.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_round_trip_gives_identical_model(tmp_path):
@@ -63,4 +70,60 @@ def test_config_and_weights_that_disagree_are_user_errors(tmp_path):
     checkpoint["config"]["colour"] = "blue"
     save_checkpoint(path, checkpoint)
     with pytest.raises(UserError, match="unknown fields"):
+        load_model(path)
+
+
+class _Payload:
+    """A pickle that would create a file if it were ever unpickled with code execution allowed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_malicious_pickle_is_one_line_without_torch_warnings_or_advice(tmp_path, zip_format):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": _Payload(marker), "config": {}}, path, pickle_protocol=4,
+               _use_new_zipfile_serialization=zip_format)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError, match="could not be read") as raised:
+            load_checkpoint(path)
+    assert [str(warning.message) for warning in caught] == []  # torch warns about protocol 4 otherwise
+    assert "weights_only" not in str(raised.value) and "\n" not in str(raised.value)
+    assert not marker.exists()
+    result = subprocess.run([sys.executable, "generate.py", "--model", str(path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert len(result.stderr.strip().splitlines()) == 1 and "weights_only" not in result.stderr
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda state: state.update({"token_embedding.weight": torch.zeros(512, 16)}),
+     "token_embedding.weight has shape (512, 16), but its config implies (512, 32)"),
+    (lambda state: state.pop("blocks.0.mlp.fc.weight"), "it lacks blocks.0.mlp.fc.weight"),
+    (lambda state: state.update({"blocks.1.mlp.fc.weight": torch.zeros(128, 32)}),
+     "its config does not use blocks.1.mlp.fc.weight"),
+    (lambda state: state.update({"final_norm.weight": [1.0] * 32}), "final_norm.weight is not a tensor"),
+])
+def test_a_weights_config_mismatch_names_the_tensor(tmp_path, edit, message):
+    checkpoint = model_checkpoint(Model(preset("nano")))
+    edit(checkpoint["model"])
+    path = tmp_path / "mismatch.pth"
+    save_checkpoint(path, checkpoint)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_model(path)
+
+
+def test_a_model_with_non_finite_weights_is_refused(tmp_path):
+    model = Model(preset("nano"))
+    with torch.no_grad():
+        model.blocks[0].mlp.fc.weight[3, 5] = float("nan")
+    path = tmp_path / "nan.pth"
+    save_checkpoint(path, model_checkpoint(model))
+    with pytest.raises(UserError, match=r"blocks.0.mlp.fc.weight holds non-finite values \(NaN or infinity\)"):
         load_model(path)

@@ -36,3 +36,15 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path):
     flag = run_prepare("--val_fraction", "2")
     [line] = visible_lines(flag.stderr)
     assert flag.returncode == 2 and "--val_fraction" in line
+
+
+def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, read_only_folder):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    for out_dir, message in [(a_file, "is a file, not a folder"), (read_only_folder, "cannot write in"),
+                             (read_only_folder / "new", "cannot create")]:
+        result = run_prepare("--dataset", "synthetic", "--max_stories", "50", "--out_dir", str(out_dir))
+        assert result.returncode == 2, result.stderr
+        [line] = visible_lines(result.stderr)
+        assert line.startswith("error: ") and message in line and "Traceback" not in result.stderr
+    assert a_file.read_text() == "not a folder"

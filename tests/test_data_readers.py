@@ -1,11 +1,12 @@
 """Local story files: every format, path expansion, and one clear UserError per kind of bad input."""
 import json
+import tracemalloc
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tinystories.data.readers import expand_paths, read_file_stories, read_stories
+from tinystories.data.readers import MAX_STORY_BYTES, expand_paths, read_file_stories, read_stories
 from tinystories.errors import UserError
 
 STORIES = [
@@ -151,3 +152,23 @@ def test_bad_parquet(tmp_path):
     not_parquet = tmp_path / "fake.parquet"
     not_parquet.write_text("hello")
     assert "not a readable parquet file" in bad_input_error(not_parquet)
+
+
+@pytest.mark.parametrize("name, line_end", [("one_line.txt", b""), ("one_line.jsonl", b""), ("no_separators.txt", b"\n")])
+def test_a_huge_story_is_refused_without_reading_it_whole(tmp_path, name, line_end):
+    """A 50 MB one-line .txt once needed 2.5 GB before its error; now memory stays within the story limit."""
+    path = tmp_path / name
+    line = b"Once upon a time there was a cat. " * 3000 + line_end  # about 100 kB per line
+    with open(path, "wb") as file:
+        for _ in range(200 if line_end else 1):
+            file.write(line)
+        if not line_end:
+            file.write(b"x" * (20 << 20))  # one 20 MB line
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=rf"{name}:\d+: a story longer than 4 MB; stories are separated"):
+            list(read_file_stories(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MAX_STORY_BYTES

@@ -1,4 +1,5 @@
 """evaluate.py end to end on prepared token files, local story files and an imported Hugging Face model."""
+import errno
 import importlib.util
 import json
 import math
@@ -13,6 +14,7 @@ import torch
 import transformers
 
 from model.model import Model, preset
+from tinystories import files
 from tinystories.checkpoint import load_model, model_checkpoint, save_checkpoint
 from tinystories.data import DataConfig, load_tokens, prepare_data
 from tinystories.evaluation import stream_loss
@@ -211,6 +213,7 @@ def test_imported_hugging_face_model(setup, tmp_path, monkeypatch, capsys):
     (["--data_dir", "no_such_data"], "not found"),
     (["--split", "dev"], "invalid choice"),
     (["--batch_size", "0"], "--batch_size"),
+    (["--batch_size", "1000000000"], "--batch_size 1000000000 needs about"),  # more than any machine holds
     (["--max_samples", "0"], "--max_samples"),
     (["--temperature", "3"], "--temperature"),
     (["--data_path", "no_such_file.txt"], "not found"),
@@ -244,3 +247,49 @@ def test_a_checkpoint_and_its_export_side_by_side(setup, tmp_path, monkeypatch, 
     loss_line = next(line for line in out.splitlines() if line.startswith("loss "))
     assert loss_line.count(f"{ours['loss']:.4f} nats/token") == 2
     assert (output.with_suffix(".completions.txt").read_text().count(f"=== {tmp_path / 'hf'}: ")) == 2
+
+
+def test_unwritable_output_is_refused_before_the_evaluation(setup, tmp_path, read_only_folder, monkeypatch, capsys):
+    """--output naming a folder used to run the whole evaluation, then die with IsADirectoryError."""
+    checkpoint, data_dir = setup
+    monkeypatch.setattr(evaluate_script, "stream_loss", lambda *args, **kwargs: pytest.fail("evaluated anyway"))
+    (tmp_path / "report.completions.txt").mkdir()
+    for output, generate, message in [(tmp_path, "0", "is a folder"),
+                                      (read_only_folder / "report.json", "0", "cannot write in"),
+                                      (tmp_path / "report.json", "2", "report.completions.txt is a folder")]:
+        status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--data_dir", str(data_dir),
+                               "--output", str(output), "--generate", generate)
+        assert status == 2 and out == "", err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err
+
+
+def test_a_failed_report_write_keeps_the_printed_results(setup, tmp_path, monkeypatch, capsys):
+    checkpoint, data_dir = setup
+    real_write = files.atomic_write
+
+    def disk_full(file):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # The report goes through files.write_json, which writes with files.atomic_write.
+    monkeypatch.setattr(files, "atomic_write", lambda path, write: real_write(path, disk_full))
+    status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--data_dir", str(data_dir),
+                           "--max_samples", "3", "--output", str(tmp_path / "report.json"))
+    assert status == 2 and "perplexity" in out  # the results reached the terminal before the write failed
+    assert err.strip().splitlines() == [f"error: could not write {tmp_path / 'report.json'}: No space left on "
+                                        "device; it was not written (the results are printed above)"]
+
+
+def test_a_model_with_non_finite_outputs_is_a_one_line_error(setup, tmp_path, monkeypatch, capsys):
+    """Used to print `loss nan` and exit 0."""
+    _, data_dir = setup
+    for fill in (float("nan"), 3e38):  # NaN weights, or finite ones whose outputs overflow
+        model = Model(preset("tiny", block_size=64))
+        with torch.no_grad():
+            model.final_norm.weight.fill_(fill)
+        path = tmp_path / "broken.pth"
+        save_checkpoint(path, model_checkpoint(model))
+        status, out, err = run(monkeypatch, capsys, "--model", str(path), "--data_dir", str(data_dir),
+                               "--max_samples", "3", "--output", str(tmp_path / "report.json"))
+        assert status == 2 and out == ""
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "non-finite" in err
+        assert not (tmp_path / "report.json").exists()

@@ -153,7 +153,8 @@ def test_bad_arguments_are_one_line_errors(checkpoint, monkeypatch, capsys, args
 def test_missing_or_corrupt_model_is_a_one_line_error(checkpoint, tmp_path, monkeypatch, capsys):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(checkpoint.read_bytes()[:2000])
-    for path, message in [(tmp_path / "missing.pth", "not found"), (corrupt, "could not be read")]:
+    for path, message in [(tmp_path / "missing.pth", "not found"), (corrupt, "could not be read"),
+                          (tmp_path, "has no Hugging Face model config")]:  # a folder is read as a Hugging Face model
         status, _, err = run(monkeypatch, capsys, "--model", str(path))
         assert status == 2 and len(err.strip().splitlines()) == 1 and message in err
 
@@ -221,3 +222,61 @@ def test_a_hugging_face_folder_generates_like_its_checkpoint(checkpoint, tmp_pat
     assert theirs_greedy["text"] == ours_greedy["text"] and documents[2]["step"] is None
     status, out, err = run(monkeypatch, capsys, "--model", str(tmp_path / "hf"), "--max_tokens", "5", "--seed", "1")
     assert status == 0 and out.startswith("Once upon a time") and "tokens/s" in err
+
+
+def overflowing_checkpoint(folder: Path) -> Path:
+    """Finite weights whose logits overflow to infinity (the final norm's scale), so sampling sees NaN."""
+    model = Model(preset("tiny"))
+    with torch.no_grad():
+        model.final_norm.weight.fill_(3e38)
+    path = folder / "overflowing.pth"
+    save_checkpoint(path, model_checkpoint(model))
+    return path
+
+
+def nan_checkpoint(folder: Path) -> Path:
+    model = Model(preset("tiny"))
+    with torch.no_grad():
+        model.blocks[1].attn.qkv.weight.fill_(float("nan"))
+    path = folder / "nan.pth"
+    save_checkpoint(path, model_checkpoint(model))
+    return path
+
+
+@pytest.mark.parametrize("extra", [[], ["--num_beams", "3"], ["--temperature", "0"]])
+def test_a_model_with_non_finite_outputs_is_a_one_line_error(tmp_path, monkeypatch, capsys, extra):
+    """Used to die with a traceback inside torch.multinomial."""
+    for path in (overflowing_checkpoint(tmp_path), nan_checkpoint(tmp_path)):
+        status, out, err = run(monkeypatch, capsys, "--model", str(path), "--max_tokens", "5", "--json", *extra)
+        assert status == 2 and out == ""
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "non-finite" in err
+
+
+def test_more_beams_than_memory_holds_is_refused_before_decoding(checkpoint, monkeypatch, capsys):
+    """--num_beams 100000 once allocated ~24 GB until the kernel killed it; 10**7 beams fit no machine."""
+    status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--num_beams", "10000000")
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("error: --num_beams 10000000 needs about ") and "; use at most " in err
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "is a folder, not a file"),
+    (b"Once upon a time\n\xff\xfe\n", "is not UTF-8 text (byte 0xff at offset 17)"),
+    (b"\n  \n", "holds no prompts"),
+])
+def test_unusable_prompt_files_are_one_line_errors(checkpoint, tmp_path, monkeypatch, capsys, content, message):
+    path = tmp_path / "prompts.txt"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--prompt_file", str(path))
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_an_unusable_output_is_refused_before_sampling(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(generate_script, "load_subject", lambda *args, **kwargs: pytest.fail("loaded anyway"))
+    status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--output", str(tmp_path))
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: --output {tmp_path} is a folder")

@@ -1,5 +1,6 @@
 """tinystories.hf and export.py: our Model and transformers' GPT2LMHeadModel compute the same function."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -211,3 +212,60 @@ def test_untied_output_layer_is_refused():
         hf_model.lm_head.weight.add_(1.0)
     with pytest.raises(UserError, match="not tied"):
         from_hf(hf_model)
+
+
+def test_unwritable_out_is_refused_before_converting(exported, tmp_path, read_only_folder):
+    _, checkpoint, hf_folder = exported
+    (tmp_path / "a_file").write_text("x")
+    for args, message in [(["--model", str(checkpoint), "--out", str(read_only_folder)], "cannot write in"),
+                          (["--model", str(checkpoint), "--out", str(tmp_path / "a_file")], "is a file, not a folder"),
+                          (["--from_hf", str(hf_folder), "--out", str(read_only_folder / "model.pth")], "cannot write in"),
+                          (["--from_hf", str(hf_folder), "--out", str(tmp_path)], "is a folder")]:
+        result = run_export(*args)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
+        assert message in result.stderr
+
+
+def replaced_config(source: Path, destination: Path, text: str) -> Path:
+    shutil.copytree(source, destination)
+    (destination / "config.json").write_text(text)
+    return destination
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"n_embd": "64"}, "config.json is invalid: TypeError: Field 'n_embd' expected int, got str"),
+    ({"n_head": 0}, "n_head must be at least 1"),
+    ({"n_layer": -1}, "n_layer must be at least 1"),
+    ({"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon must be a positive finite number"),
+    ({"layer_norm_epsilon": "small"}, "Field 'layer_norm_epsilon' expected float"),
+    ({"vocab_size": None}, "Field 'vocab_size' expected int"),
+    ({"n_layer": 1}, "weights its config.json does not use: transformer.h.1."),
+    ({"n_layer": 3}, "weights are missing: transformer.h.2."),
+])
+def test_wrong_config_json_is_refused_in_one_line(exported, tmp_path, changes, message):
+    """export.py --from_hf used to give tracebacks here, or (n_layer 1 over 2 layers) drop a layer silently."""
+    folder = edited_config(exported[2], tmp_path / "edited", **changes)
+    with pytest.raises(UserError, match=re.escape(message)) as raised:
+        load_hf(str(folder))
+    assert "\n" not in str(raised.value)
+
+
+def test_export_of_a_wrong_config_json_is_one_line(exported, tmp_path):
+    folder = edited_config(exported[2], tmp_path / "edited", n_layer=1)
+    result = run_export("--from_hf", str(folder), "--out", str(tmp_path / "model.pth"))
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert len(result.stderr.strip().splitlines()) == 1 and "does not use" in result.stderr
+    assert not (tmp_path / "model.pth").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "config.json must hold a JSON object"),
+    ('"gpt2"', "config.json must hold a JSON object"),
+    ("{not json", "config.json"),
+    ("", "config.json"),
+])
+def test_config_json_that_is_not_an_object_is_refused(exported, tmp_path, text, message):
+    folder = replaced_config(exported[2], tmp_path / "edited", text)
+    with pytest.raises(UserError, match=message):
+        load_hf(str(folder))

@@ -38,9 +38,16 @@ def test_presets_parameter_counts_follow_the_gpt2_formula(name):
     assert model.num_parameters() == blocks + embeddings
 
 
-@pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(activation="relu"), dict(dropout=1.0), dict(n_layer=0)])
-def test_invalid_config_is_refused(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, message", [
+    (dict(n_embd=30, n_head=4), "divisible"), (dict(activation="relu"), "activation"), (dict(dropout=1.0), "dropout"),
+    (dict(n_layer=0), "n_layer must be at least 1"), (dict(n_head=0), "n_head must be at least 1"),
+    (dict(n_embd="64"), "n_embd must be an integer"), (dict(n_layer=2.0), "n_layer must be an integer"),
+    (dict(bias="yes"), "bias must be true or false"), (dict(dropout=float("nan")), "dropout"),
+    (dict(layer_norm_epsilon=float("nan")), "layer_norm_epsilon must be a positive finite number"),
+    (dict(layer_norm_epsilon=0.0), "layer_norm_epsilon"), (dict(layer_norm_epsilon="1e-5"), "layer_norm_epsilon"),
+])
+def test_invalid_config_is_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
         Config(**bad)
 
 

@@ -362,3 +362,13 @@ def test_empty_prompt_and_ids_beyond_the_vocabulary_are_user_errors(model):
         complete(model, "", 5, GREEDY)
     with pytest.raises(UserError, match="vocabulary"):
         complete(random_model("nano"), "Once upon a time", 5, GREEDY)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_are_a_user_error(temperature, bad):
+    """Every decoder (sample_tokens, beam_search, the engine) picks tokens through pick_next_token or checks."""
+    logits = torch.zeros(10)
+    logits[3] = bad
+    with pytest.raises(UserError, match="the model produces non-finite values"):
+        pick_next_token(logits, SamplingConfig(temperature=temperature), None)

@@ -35,6 +35,7 @@ from tinystories.engine import Engine, GenerationRequest, sequence_seed
 from tinystories.errors import UserError
 from tinystories.hardware import (COMPILE_CHOICES, DEVICE_HELP, DTYPE_CHOICES, autocast, device_name, enable_tf32,
                                   flops_per_token, peak_flops, resolve_device, resolve_dtype, should_compile)
+from tinystories.memory import loss_bytes, parameter_bytes, require_fits, training_window_bytes, window_bytes
 from tinystories.precision import PRECISIONS, rounded_copy
 from tinystories.sampling import SamplingConfig, decoding_model, sample_tokens
 from tinystories.serving_benchmark import ServingWorkloads
@@ -43,6 +44,8 @@ from tinystories.training import TrainConfig, make_optimizer
 
 SECTIONS = ("training", "evaluation", "generation", "data", "cpu-inference", "serving")
 DEFAULT_SECTIONS = ("training", "evaluation", "generation", "data")  # cpu-inference needs requirements-gguf.txt; serving starts servers
+# A synthetic story in memory: its ~500 characters, our token array and tiktoken's list of Python ints.
+SYNTHETIC_STORY_BYTES = 8000
 PROMPT = "Once upon a time"
 HF_MODEL = "HF GPT2LMHeadModel"
 OURS_GENERATE = "ours, sample_tokens"
@@ -142,11 +145,28 @@ def resolve_settings(config: BenchConfig) -> Settings:
         raise UserError("bench.py compares against Hugging Face transformers: pip install -r requirements-dev.txt "
                         "(or pass --sections data)")
     on_gpu = device.type == "cuda"
-    return Settings(device=device, dtype=resolve_dtype(config.dtype, device), model_config=model_config,
-                    batch_size=config.batch_size or (32 if on_gpu else 2), seq_len=seq_len,
-                    steps=config.steps or (10 if on_gpu else 1),
-                    compile=should_compile(config.compile, device),
-                    num_workers=config.num_workers or os.cpu_count() or 1)
+    settings = Settings(device=device, dtype=resolve_dtype(config.dtype, device), model_config=model_config,
+                        batch_size=config.batch_size or (32 if on_gpu else 2), seq_len=seq_len,
+                        steps=config.steps or (10 if on_gpu else 1),
+                        compile=should_compile(config.compile, device),
+                        num_workers=config.num_workers or os.cpu_count() or 1)
+    _check_sizes_fit(config, settings)
+    return settings
+
+
+def _check_sizes_fit(config: BenchConfig, settings: Settings) -> None:
+    """Refuse sizes that cannot fit in memory before minutes of measuring end in a kill."""
+    model_config, seq_len = settings.model_config, settings.seq_len
+    if "training" in config.section_list:
+        # Ours and Hugging Face's model, each with gradients and AdamW's two moments.
+        require_fits("--batch_size", settings.batch_size, training_window_bytes(model_config, seq_len), settings.device,
+                     fixed_bytes=8 * parameter_bytes(model_config), what=f" for training sequences of {seq_len} tokens")
+    if "evaluation" in config.section_list:
+        require_fits("--batch_size", settings.batch_size, window_bytes(model_config, seq_len), settings.device,
+                     fixed_bytes=loss_bytes(settings.device), what=f" for evaluation sequences of {seq_len} tokens")
+    if "data" in config.section_list and config.data_path is None:
+        require_fits("--data_stories", config.data_stories, SYNTHETIC_STORY_BYTES, torch.device("cpu"),
+                     what=" for the stories and their tokens")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,16 @@ def model_checkpoint(model: Model, **extra: Any) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint; a missing, truncated or foreign file is a UserError naming it."""
     file = Path(path)
+    if file.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; pass the .pth file (e.g. {Path(path) / 'best_model.pth'})")
     if not file.is_file():
         raise UserError(f"checkpoint {path} not found; pass --model, or train one offline in minutes with "
                         f"`{quickstart.COMMAND}` and pass --model {quickstart.MODEL}")
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (e.g. about an unusual pickle protocol) before its own error; our one line says it all.
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
         reason = first_line(error)
         if "weights_only" in reason:  # torch's advice to load unsafely is wrong for a corrupt file
@@ -69,10 +75,34 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     config = config_from_checkpoint(checkpoint, path)
     model = Model(config)
     state = checkpoint["model"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: 'model' must be a dict of tensors (a state_dict)")
     if "lm_head.weight" not in state and "token_embedding.weight" in state:
         state = {**state, "lm_head.weight": state["token_embedding.weight"]}  # tied: either name suffices
+    _check_weights(state, model.state_dict(), path)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as error:
         raise UserError(f"{path}: weights do not match its config: {first_line(error)}") from None
     return model.to(device).eval(), checkpoint
+
+
+def _check_weights(state: dict[str, Any], expected: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Name the first tensor that the config does not expect, lacks, shapes differently, or that holds NaN or
+    infinity (a model with such a weight produces non-finite outputs)."""
+    def mismatch(reason: str) -> UserError:
+        return UserError(f"{path}: weights do not match its config: {reason}")
+
+    missing, unused = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing:
+        raise mismatch(f"it lacks {', '.join(missing[:3])}")
+    if unused:
+        raise mismatch(f"its config does not use {', '.join(unused[:3])}")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise mismatch(f"{name} is not a tensor")
+        if tensor.shape != expected[name].shape:
+            raise mismatch(f"{name} has shape {tuple(tensor.shape)}, but its config implies {tuple(expected[name].shape)}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{path}: {name} holds non-finite values (NaN or infinity), so the model produces "
+                            "non-finite outputs; use an earlier checkpoint")

@@ -1,21 +1,29 @@
 """Command-line flags derived from dataclasses: one definition gives defaults, types, help and the JSON.
 
-Each dataclass field becomes `--field_name`; `metadata={"help": ..., "choices": ...}` documents it.
-Values are layered: dataclass defaults, then a `--config` file (JSON or YAML), then explicit flags.
+Each dataclass field becomes `--field_name`; `metadata={"help": ..., "choices": ..., "min": ..., "max": ...}`
+documents and bounds it. Values are layered: dataclass defaults, then a `--config` file (JSON or YAML), then
+explicit flags, and every value from either source passes the same checks (`checked_settings`): numbers are
+finite and within the field's bounds, choices are among its choices. Fields named `seed` or `*_seed` are
+seeds: 0 to 2**32 - 1, the range numpy accepts (torch and Python accept it too). Other integers must fit
+in 64 bits, the most any tensor or file offset they reach can hold.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from tinystories.errors import UserError, first_line
+from tinystories.files import read_text_file
 
 T = TypeVar("T")
+SEED_RANGE = (0, 2**32 - 1)
+INT64_RANGE = (-2**63, 2**63 - 1)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -116,20 +124,55 @@ def explicit_values(cls: type, namespace: argparse.Namespace) -> dict[str, Any]:
 
 
 def merge_dataclass(base: T, overrides: dict[str, Any], source: str) -> T:
-    """`base` with `overrides` applied; unknown keys or wrong types are a UserError naming `source`."""
+    """`base` with `overrides` applied, checked as `checked_settings` checks them."""
     return dataclasses.replace(base, **checked_settings(type(base), overrides, source))
 
 
 def checked_settings(cls: type, overrides: dict[str, Any], source: str) -> dict[str, Any]:
-    """`overrides` converted to the types of `cls`'s fields; unknown keys or wrong types are a UserError naming
-    `source`. Layers of settings merged this way build the dataclass once, so that its checks across fields
-    (min_lr <= learning_rate) see the final values, not a half-merged mix."""
+    """`overrides` converted to the types of `cls`'s fields; unknown keys, wrong types, non-finite or
+    out-of-range numbers and values outside a field's choices are a UserError naming `source` ("command line"
+    names the flag). Layers of settings merged this way build the dataclass once, so that its checks across
+    fields (min_lr <= learning_rate) see the final values, not a half-merged mix."""
     hints = typing.get_type_hints(cls)
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - known)
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - fields.keys())
     if unknown:
         raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-    return {name: _coerce(value, hints[name], f"{source}: {name}") for name, value in overrides.items()}
+    checked = {}
+    for name, value in overrides.items():
+        where = f"--{name}" if source == "command line" else f"{source}: {name}"
+        checked[name] = _checked(_coerce(value, hints[name], where), fields[name], where)
+    return checked
+
+
+def _bounds(field: dataclasses.Field, value: Any) -> tuple[Any, Any]:
+    """(lowest, highest) allowed value of a numeric field; None where unbounded."""
+    if field.name == "seed" or field.name.endswith("_seed"):
+        low, high = SEED_RANGE
+    elif isinstance(value, int):
+        low, high = INT64_RANGE
+    else:
+        low = high = None
+    return field.metadata.get("min", low), field.metadata.get("max", high)
+
+
+def _checked(value: Any, field: dataclasses.Field, where: str) -> Any:
+    """`value` if it is finite, within the field's bounds and among its choices; else a UserError."""
+    if value is None:
+        return None
+    choices = field.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise UserError(f"{where} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where} must be a finite number, got {value}")
+    low, high = _bounds(field, value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        allowed = (f"between {low} and {high}" if low is not None and high is not None
+                   else f"at least {low}" if low is not None else f"at most {high}")
+        raise UserError(f"{where} must be {allowed}, got {value}")
+    return value
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -160,9 +203,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 def load_config_file(path: str) -> dict[str, Any]:
     """Settings from a JSON or YAML file (a mapping of field names to values)."""
     file = Path(path)
-    if not file.is_file():
-        raise UserError(f"config file {path} not found")
-    text = file.read_text(encoding="utf-8")
+    text = read_text_file(file, f"config file {path}")
     try:
         if file.suffix.lower() in (".yaml", ".yml"):
             import yaml

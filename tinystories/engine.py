@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from model.model import Config, Model
 from tinystories.errors import UserError
+from tinystories.memory import available_bytes
 from tinystories.sampling import Completion, SamplingConfig, Utf8Stream, check_prompt, pick_next_tokens
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
@@ -84,28 +84,12 @@ def kv_cache_bytes(config: Config, slots: int, dtype: torch.dtype = torch.float3
     return 2 * config.n_layer * slots * config.block_size * config.n_embd * dtype.itemsize
 
 
-def available_memory(device: torch.device) -> Optional[int]:
-    """Bytes that can still be allocated on `device` (None where it cannot be told)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu" and hasattr(os, "sysconf"):
-        try:
-            with open("/proc/meminfo", encoding="ascii") as meminfo:
-                for line in meminfo:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return None
-
-
 def check_cache_fits(model: Model, slots: int) -> None:
     """Refuse (UserError) a number of slots whose cache would not fit in the device's free memory."""
     weight = model.token_embedding.weight
     needed = kv_cache_bytes(model.config, slots, weight.dtype)
-    available = available_memory(weight.device)
-    if available is not None and needed > available:
+    available = available_bytes(weight.device)
+    if needed > available:
         raise UserError(f"--batch_size {slots}: the KV cache needs {needed / 2**30:.2f} GiB "
                         f"({needed / slots / 2**20:.1f} MiB per sequence) but only {available / 2**30:.2f} GiB "
                         f"of {weight.device.type} memory is free; lower --batch_size")
@@ -359,8 +343,10 @@ class Engine:
             failed = self._rows + list(self._waiting)
             self._rows, self._waiting = [], collections.deque()
             self.cache.lengths = [0] * self.max_batch
+        # A UserError (a model with non-finite outputs) stays one, so the script reports it in one line.
+        reported = error if isinstance(error, UserError) else RuntimeError(f"generation failed: {error}")
         for sequence in failed:
-            sequence.handle._finish(None, RuntimeError(f"generation failed: {error}"))
+            sequence.handle._finish(None, reported)
 
     def _admit(self) -> None:
         with self._condition:

@@ -140,7 +140,11 @@ def _windows_nll(subject: Subject, chunk: np.ndarray, rows: int, length: int) ->
     data = torch.from_numpy(chunk.astype(np.int64)).to(subject.device)
     inputs, targets = data[:-1].view(rows, length), data[1:].view(rows, length)
     # Per-token losses are summed in float64 so the total does not depend on how the stream was batched.
-    return subject.token_losses(inputs, targets).double().sum().item()
+    nll = subject.token_losses(inputs, targets).double().sum().item()
+    if not math.isfinite(nll):
+        raise UserError("the model produces non-finite values (NaN or infinity) on this data, so its loss is "
+                        f"{nll}; its weights are broken (use an earlier checkpoint)")
+    return nll
 
 
 @torch.inference_mode()

@@ -31,6 +31,24 @@ def temporary_file_beside(target: Path) -> tuple[BinaryIO, Path]:
     return os.fdopen(descriptor, "wb"), Path(name)
 
 
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """The UTF-8 text of a small input file; a folder, an unreadable file or other bytes are a UserError
+    that starts with `what` (e.g. "config file x.yaml")."""
+    file = Path(path)
+    if file.is_dir():
+        raise UserError(f"{what} is a folder, not a file")
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{what} not found") from None
+    except OSError as error:
+        raise UserError(f"{what} could not be read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{what} is not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") from None
+
+
 def ensure_folder(folder: str | os.PathLike) -> Path:
     """Create `folder` (and its parents) now and check that a file can be created in it, so a bad output path
     is a one-line error before any work rather than a traceback after it."""
@@ -49,6 +67,16 @@ def ensure_folder(folder: str | os.PathLike) -> Path:
     except OSError as error:
         raise UserError(f"cannot write in the output folder {folder}: {error.strerror or error}") from None
     return path
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Check before any work that the file `path` (given as `flag`) can be written: not a folder, and its
+    folder exists or can be made, and takes new files."""
+    file = Path(path)
+    if file.is_dir():
+        raise UserError(f"{flag} {path} is a folder; pass the path of the file to write")
+    ensure_folder(file.parent)
+    return file
 
 
 @contextlib.contextmanager

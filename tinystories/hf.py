@@ -20,6 +20,7 @@ import torch.nn as nn
 from model.model import Config, Model
 from tinystories.data.hub import hub_resolves
 from tinystories.errors import UserError, first_line
+from tinystories.files import ensure_folder
 from tinystories.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, bpe_file_paths, get_tokenizer
 
 if TYPE_CHECKING:
@@ -167,6 +168,11 @@ def _quiet_transformers(progress_bars: bool) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
+def _last_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1].strip() if text else type(error).__name__
+
+
 def _offline_options(path_or_repo_id: str) -> dict[str, bool]:
     """from_pretrained options: a local folder needs none; without a reachable Hub, only the cache can serve a
     repo id (asking the network would retry for 25 s)."""
@@ -181,6 +187,8 @@ def _config_dict(path_or_repo_id: str, offline: dict[str, bool]) -> dict:
         where = "in the Hugging Face cache, and the Hub is unreachable" if offline else \
             f"a loadable Hugging Face repo: {first_line(error)}"
         raise UserError(f"{path_or_repo_id} is neither a model folder nor {where}") from None
+    if not isinstance(config_dict, dict):
+        raise UserError(f"{path_or_repo_id}: config.json must hold a JSON object of settings")
     if config_dict.get("model_type") is None:
         raise UserError(f"{path_or_repo_id} has no Hugging Face model config (config.json)")
     return config_dict
@@ -199,6 +207,9 @@ def _from_pretrained(model_class: type, path_or_repo_id: str, offline: dict[str,
                         f"{tuple(expected)}")
     if info["missing_keys"]:
         raise UserError(f"{path_or_repo_id}: weights are missing: {', '.join(sorted(info['missing_keys'])[:3])}")
+    if info["unexpected_keys"]:  # e.g. n_layer smaller than the layers stored: a silently truncated model
+        raise UserError(f"{path_or_repo_id} holds weights its config.json does not use: "
+                        f"{', '.join(sorted(info['unexpected_keys'])[:3])}")
     return hf_model
 
 
@@ -212,7 +223,10 @@ def load_hf(path_or_repo_id: str) -> Model:
         if config_dict["model_type"] != "gpt2":
             raise UserError(f"{path_or_repo_id} is a {config_dict['model_type']!r} model; only GPT-2-architecture "
                             f"models convert")
-        hf_config = transformers.GPT2Config.from_dict(config_dict)
+        try:
+            hf_config = transformers.GPT2Config.from_dict(config_dict)
+        except Exception as error:  # transformers' validation raises several types; the cause is the last line
+            raise UserError(f"{path_or_repo_id}: config.json is invalid: {_last_line(error)}") from None
         try:
             config_from_gpt2(hf_config)  # refuse an unconvertible model before its weights are downloaded
         except UserError as error:
@@ -272,15 +286,17 @@ def save_hf(model: Model, out_dir: str | os.PathLike) -> list[Path]:
     `GPT2LMHeadModel.from_pretrained(out_dir)` and `AutoTokenizer.from_pretrained(out_dir)` load it offline.
     """
     transformers = _transformers()
-    folder = Path(out_dir)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{out_dir} exists and is not a folder; pass a folder path to --out")
-    to_hf(model).save_pretrained(folder)
-    gpt2_tokenizer(model.config.block_size).save_pretrained(folder)
-    # The original files too, for tools that read a slow GPT-2 tokenizer from vocab.json and merges.txt.
-    paths = bpe_file_paths()
-    shutil.copyfile(paths["encoder.json"], folder / "vocab.json")
-    shutil.copyfile(paths["vocab.bpe"], folder / "merges.txt")
+    folder = ensure_folder(out_dir)
+    try:
+        to_hf(model).save_pretrained(folder)
+        gpt2_tokenizer(model.config.block_size).save_pretrained(folder)
+        # The original files too, for tools that read a slow GPT-2 tokenizer from vocab.json and merges.txt.
+        paths = bpe_file_paths()
+        shutil.copyfile(paths["encoder.json"], folder / "vocab.json")
+        shutil.copyfile(paths["vocab.bpe"], folder / "merges.txt")
+    except OSError as error:
+        raise UserError(f"could not write the model folder {out_dir}: {error.strerror or error}; "
+                        "the files in it are incomplete (the checkpoint is unchanged)") from None
 
     if not encodes_like_gpt2(transformers.AutoTokenizer.from_pretrained(folder)):
         raise UserError(f"the tokenizer saved in {out_dir} does not reproduce GPT-2's ids with transformers "

@@ -29,6 +29,10 @@ from tinystories.precision import PRECISIONS, int8_linears
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 
+NON_FINITE_OUTPUTS = ("the model produces non-finite values (NaN or infinity) for this text, so nothing can be "
+                      "sampled; its weights are broken (use an earlier checkpoint)")
+
+
 @dataclass
 class SamplingConfig:
     temperature: float = field(default=0.8, metadata={
@@ -75,8 +79,15 @@ def _nucleus(scores: torch.Tensor, ids: torch.Tensor, sampling: SamplingConfig) 
     return ids, probabilities
 
 
+def check_finite(logits: torch.Tensor) -> None:
+    """Refuse NaN or infinite logits: sampling would fail deep in torch, and argmax would pick garbage."""
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError(NON_FINITE_OUTPUTS)
+
+
 def pick_next_token(logits: torch.Tensor, sampling: SamplingConfig, generator: Optional[torch.Generator]) -> int:
     """The next token for logits (V,): the argmax at temperature 0, else a draw from next_token_distribution."""
+    check_finite(logits)
     if sampling.temperature == 0.0:
         return int(logits.argmax())
     ids, probabilities = next_token_distribution(logits, sampling)
@@ -87,6 +98,7 @@ def pick_next_tokens(logits: torch.Tensor, samplings: list[SamplingConfig],
                      generators: list[Optional[torch.Generator]]) -> list[int]:
     """pick_next_token for each row of logits (B, V), with its own settings and generator: the same tokens,
     but the work over the whole vocabulary (argmax, top-k) is done for all rows in one call each."""
+    check_finite(logits)
     tokens: list[Optional[int]] = [None] * len(samplings)
     greedy = [row for row, sampling in enumerate(samplings) if sampling.temperature == 0.0]
     if greedy:
@@ -242,6 +254,7 @@ def beam_search(model: Model, prompt: list[int], max_new_tokens: int, num_beams:
     running: list[list[int]] = [[]]
     finished: list[tuple[float, list[int]]] = []
     for length in range(1, max_new_tokens + 1):
+        check_finite(window.logits)
         scores = running_scores[:, None] + torch.log_softmax(window.logits, dim=-1)  # (beams, V)
         top_scores, top_indices = torch.topk(scores.view(-1), min(width, scores.numel()))
         candidates = [(float(score), index // vocab_size, index % vocab_size)

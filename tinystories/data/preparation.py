@@ -169,7 +169,7 @@ def prepare_data(config: DataConfig, progress: bool = True) -> Path:
     if data_dir.is_dir() and any(data_dir.iterdir()):
         print(f"{data_dir}: {reason}; rebuilding the token files")
     with folders_removed_on_failure(data_dir):
-        ensure_folder(data_dir)
+        ensure_folder(data_dir)  # an unusable folder fails now, before the stories are read
         splits, files = _tokenize(source, config, data_dir, progress)
     if "test" not in splits:
         (data_dir / "test.bin").unlink(missing_ok=True)

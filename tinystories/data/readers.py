@@ -11,7 +11,7 @@ import glob
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Union
 
 from tinystories.errors import UserError, first_line
 from tinystories.tokenizer import EOT_TOKEN
@@ -20,6 +20,10 @@ SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 STORY_FIELDS = ("text", "story")
 SEPARATOR_LINE = EOT_TOKEN.encode()
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+# TinyStories' stories are a few kilobytes; a longer one means a wrong format (say, a file without separator
+# lines, or one huge JSON line), and reading lines without a bound would hold the whole file in memory at
+# once, tokenizing it many times over (a 50 MB one-line .txt once took 2.5 GB before its error).
+MAX_STORY_BYTES = 4 << 20
 
 # Called with the number of input bytes just consumed; the calls for one file add up to its size.
 ByteProgress = Callable[[int], None]
@@ -94,19 +98,36 @@ def _decoded(line: bytes, path: Path, line_number: int, line_offset: int) -> str
                         f"{line_offset + skipped + error.start}") from None
 
 
+def _bounded_lines(file: BinaryIO, path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a binary file, never reading more than MAX_STORY_BYTES of one line."""
+    line_number = 0
+    while line := file.readline(MAX_STORY_BYTES + 1):
+        line_number += 1
+        if len(line) > MAX_STORY_BYTES:
+            raise _too_long(path, line_number)
+        yield line_number, line
+
+
+def _too_long(path: Path, line_number: int) -> UserError:
+    return UserError(f"{path}:{line_number}: a story longer than {MAX_STORY_BYTES >> 20} MB; stories are separated "
+                     f"by lines holding exactly {EOT_TOKEN} (.txt) or are one JSON object per line (.jsonl)")
+
+
 def _txt_stories(path: Path, count: ByteProgress) -> Iterator[str]:
     lines: list[str] = []
-    separators = 0
-    offset = 0
+    story_bytes = separators = offset = 0
     with open(path, "rb") as file:
-        for line_number, line in enumerate(file, start=1):
+        for line_number, line in _bounded_lines(file, path):
             if line.rstrip(b"\r\n").removeprefix(BYTE_ORDER_MARK if offset == 0 else b"") == SEPARATOR_LINE:
                 separators += 1
                 story = "".join(lines).strip()
-                lines = []
+                lines, story_bytes = [], 0
                 if story:
                     yield story
             else:
+                story_bytes += len(line)
+                if story_bytes > MAX_STORY_BYTES:
+                    raise _too_long(path, line_number)
                 lines.append(_decoded(line, path, line_number, offset))
             offset += len(line)
             count(len(line))
@@ -138,7 +159,7 @@ def _story_of(record: object, path: Path, line_number: int) -> Optional[str]:
 def _json_lines_stories(path: Path, count: ByteProgress) -> Iterator[str]:
     offset = 0
     with open(path, "rb") as file:
-        for line_number, line in enumerate(file, start=1):
+        for line_number, line in _bounded_lines(file, path):
             text = _decoded(line, path, line_number, offset)
             offset += len(line)
             count(len(line))
