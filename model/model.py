@@ -185,6 +185,10 @@ class SlotKVCache:
         # gets a zero query that sees position 0 only, and its output is dropped.
         n = max(decoding) + 1
         self._every_row = decoding == list(range(n))
+        # Rows 0..n-1 all at one length (a single sequence, or sequences that started together) need no mask.
+        self._same_length = past[0] if self._every_row and len(set(past)) == 1 else None
+        if self._same_length is not None:
+            return
         visible = torch.zeros(n, max(past) + 1, dtype=torch.bool, device=device)
         visible[:, 0] = True
         visible[self._rows] = torch.arange(visible.shape[1], device=device) <= self._past[:, None]
@@ -199,21 +203,8 @@ class SlotKVCache:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attention of the packed (1, H, N, D) queries, each over its own row; stores the new keys and values."""
         keys, values = self.keys[layer], self.values[layer]  # (slots, H, max_len, D)
-        d = len(self.decoding)
-        outputs = []
-        if d:
-            q_new, k_new, v_new = (t[0, :, :d].transpose(0, 1) for t in (q, k, v))  # (d, H, D)
-            keys[self._rows, :, self._past] = k_new
-            values[self._rows, :, self._past] = v_new
-            n, S = self._visible.shape[0], self._visible.shape[-1]
-            queries = q_new.unsqueeze(2)  # (d, H, 1, D)
-            if not self._every_row:
-                queries = queries.new_zeros(n, *queries.shape[1:]).index_copy(0, self._rows, queries)
-            y = F.scaled_dot_product_attention(queries, keys[:n, :, :S], values[:n, :, :S], attn_mask=self._visible)
-            if not self._every_row:
-                y = y.index_select(0, self._rows)
-            outputs.append(y.squeeze(2).transpose(0, 1).unsqueeze(0))  # (1, H, d, D)
-        start = d
+        outputs = [self._attend_decoding(keys, values, q, k, v)] if self.decoding else []
+        start = len(self.decoding)
         for row, count in self.starting:
             end = start + count
             keys[row, :, :count] = k[0, :, start:end]
@@ -221,7 +212,28 @@ class SlotKVCache:
             outputs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end],
                                                           is_causal=True))
             start = end
-        return torch.cat(outputs, dim=2)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+
+    def _attend_decoding(self, keys: torch.Tensor, values: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                         v: torch.Tensor) -> torch.Tensor:
+        """Attention (1, H, d, D) of the decoding rows' one new token each, stored at each row's own length."""
+        d = len(self.decoding)
+        q_new, k_new, v_new = (t[0, :, :d].transpose(0, 1) for t in (q, k, v))  # (d, H, D)
+        queries = q_new.unsqueeze(2)  # (d, H, 1, D)
+        if self._same_length is not None:
+            at = self._same_length
+            keys[:d, :, at], values[:d, :, at] = k_new, v_new
+            y = F.scaled_dot_product_attention(queries, keys[:d, :, :at + 1], values[:d, :, :at + 1])
+        else:
+            keys[self._rows, :, self._past] = k_new
+            values[self._rows, :, self._past] = v_new
+            n, S = self._visible.shape[0], self._visible.shape[-1]
+            if not self._every_row:
+                queries = queries.new_zeros(n, *queries.shape[1:]).index_copy(0, self._rows, queries)
+            y = F.scaled_dot_product_attention(queries, keys[:n, :, :S], values[:n, :, :S], attn_mask=self._visible)
+            if not self._every_row:
+                y = y.index_select(0, self._rows)
+        return y.squeeze(2).transpose(0, 1).unsqueeze(0)
 
     def advance(self, new_tokens: int) -> None:
         """Count the planned tokens once a forward has stored them in every layer."""

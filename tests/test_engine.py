@@ -170,23 +170,27 @@ def test_stop_strings_cut_the_text_and_are_never_streamed(tiny):
 def test_logprobs_match_a_hand_computed_log_softmax():
     model = sharpened_model("nano", seed=4)
     [prompt] = prompts(model, [9], seed=4)
-    engine = Engine(decoding_model(model), max_batch=2)
-    events = []
+    engine = Engine(decoding_model(model), max_batch=3)
+    with_top, chosen_only, without = [], [], []
     engine.submit(GenerationRequest(prompt, 12, SAMPLED, seed=5, stop_at_eos=False, top_logprobs=3),
-                  on_event=events.append)
-    engine.submit(GenerationRequest(prompt[:4], 12, GREEDY, stop_at_eos=False))  # a neighbour in the batch
+                  on_event=with_top.append)
+    engine.submit(GenerationRequest(prompt[:4], 12, GREEDY, stop_at_eos=False, logprobs=True),
+                  on_event=chosen_only.append)
+    engine.submit(GenerationRequest(prompt[:6], 12, SAMPLED, seed=6, stop_at_eos=False), on_event=without.append)
     engine.run()
-    context = list(prompt)
-    for event in events:
-        with torch.no_grad():
-            logits = model(torch.tensor([context]))[0][0, -1].double()
-        logprobs = logits - logits.exp().sum().log()  # log-softmax by hand, in float64
-        assert abs(event.logprob - logprobs[event.token_id].item()) < 1e-4
-        best = logprobs.argsort(descending=True)[:3].tolist()
-        assert [token for token, _ in event.top_logprobs] == best
-        for token, logprob in event.top_logprobs:
-            assert abs(logprob - logprobs[token].item()) < 1e-4
-        context.append(event.token_id)
+    assert all(event.logprob is None and event.top_logprobs == [] for event in without) and len(without) == 12
+    for events, context, top in ((with_top, list(prompt), 3), (chosen_only, prompt[:4], 0)):
+        assert len(events) == 12
+        for event in events:
+            with torch.no_grad():
+                logits = model(torch.tensor([context]))[0][0, -1].double()
+            logprobs = logits - logits.exp().sum().log()  # log-softmax by hand, in float64
+            assert abs(event.logprob - logprobs[event.token_id].item()) < 1e-4
+            best = logprobs.argsort(descending=True)[:top].tolist()
+            assert [token for token, _ in event.top_logprobs] == best
+            for token, logprob in event.top_logprobs:
+                assert abs(logprob - logprobs[token].item()) < 1e-4
+            context = context + [event.token_id]
 
 
 def test_background_thread_serves_submissions_from_other_threads(nano):

@@ -154,6 +154,9 @@ def test_draws_follow_the_filtered_distribution():
 def test_picking_for_many_rows_at_once_equals_row_by_row():
     logits = torch.randn(40, 1000, generator=torch.Generator().manual_seed(2)) * 3
     logits[5, :10] = logits[5].max() + 1  # ten tokens tied first
+    for row in (8, 13):  # top_k 10 rows: tokens tied across the 10th place, all of which must stay candidates
+        logits[row, 100:108] = logits[row].max() + 1
+        logits[row, 200:206] = logits[row].max() + 2  # 6 best, then 8 tied for places 7 to 14
     settings = [SamplingConfig(), GREEDY, SamplingConfig(1.3, 0, 0.5), SamplingConfig(0.7, 10, 1.0),
                 SamplingConfig(temperature=1.0, top_k=1000)]
     samplings = [settings[row % len(settings)] for row in range(40)]

@@ -18,7 +18,6 @@ the `on_event` callbacks, so those should be quick.
 from __future__ import annotations
 
 import collections
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,14 +43,15 @@ class GenerationRequest:
     seed: Optional[int] = None  # this sequence's own generator seed (None: nondeterministic)
     stop_at_eos: bool = True  # stop after <|endoftext|> (the EOT token is reported, not in the text)
     stop: list[str] = field(default_factory=list)  # stop strings: the text is cut before the first one found
-    top_logprobs: int = 0  # 0..5: also report the N most likely alternatives of each token
+    logprobs: bool = False  # report each token's logprob (TokenEvent.logprob; None otherwise)
+    top_logprobs: int = 0  # 0..5: also report the N most likely alternatives of each token (implies logprobs)
 
 
 @dataclass
 class TokenEvent:
     token_id: int
     text: str  # the new complete UTF-8 text this token adds ('' while held back)
-    logprob: float  # log-softmax of the model's raw (temperature 1) logits for token_id
+    logprob: Optional[float]  # log-softmax of the model's raw (temperature 1) logits for token_id, if asked
     top_logprobs: list[tuple[int, float]]  # up to top_logprobs (token id, logprob), most likely first
 
 
@@ -178,7 +178,7 @@ class _Sequence:
             return self.window
         return self.window[-1:]
 
-    def add(self, token: int, logprob: float, top: list[tuple[int, float]]) -> Optional[str]:
+    def add(self, token: int, logprob: Optional[float], top: list[tuple[int, float]]) -> Optional[str]:
         """Take the picked token and hand out its event; the finish reason if the sequence has ended."""
         request = self.request
         self.new_ids.append(token)
@@ -377,21 +377,17 @@ class Engine:
         counts = [1] * len(decoding) + [count for _, count in starting]
         last = torch.tensor(counts, device=self.device).cumsum(0) - 1  # each row's last packed token
         logits = self.model.lm_head(hidden[0, last].unsqueeze(1))[:, -1].float()  # (rows, V) in `order`
-        logprobs = torch.log_softmax(logits, dim=-1)
         sequences = [self._rows[row] for row in order]
         for row, sequence in zip(order, sequences):
             sequence.cached = self.cache.lengths[row]
         picked = pick_next_tokens(logits, [s.request.sampling for s in sequences], [s.generator for s in sequences])
-        chosen = logprobs.gather(1, torch.tensor(picked, device=self.device)[:, None])[:, 0].tolist()
+        logprobs = self._logprobs(logits, picked, sequences)
         finished = []
         for index, row in enumerate(order):
             sequence = self._rows[row]
-            top = []
-            if sequence.request.top_logprobs:
-                values, ids = torch.topk(logprobs[index], sequence.request.top_logprobs)
-                top = list(zip(ids.tolist(), values.tolist()))
+            chosen, top = logprobs.get(index, (None, []))
             try:
-                reason = sequence.add(picked[index], chosen[index], top)
+                reason = sequence.add(picked[index], chosen, top)
             except Exception as error:  # the caller's callback failed: end its sequence, not the engine
                 sequence.handle._finish(None, error)
                 reason = "cancelled"
@@ -399,6 +395,25 @@ class Engine:
                 finished.append((row, reason))
         for row, reason in sorted(finished, reverse=True):
             self._finish(row, reason)
+
+    @staticmethod
+    def _logprobs(logits: torch.Tensor, picked: list[int], sequences: list[_Sequence]
+                  ) -> dict[int, tuple[float, list[tuple[int, float]]]]:
+        """For each row whose request asks for them: the picked token's logprob and the top alternatives.
+        Only those rows pay for the normalisation over the whole vocabulary."""
+        wanted = [index for index, s in enumerate(sequences) if s.request.logprobs or s.request.top_logprobs]
+        if not wanted:
+            return {}
+        logprobs = torch.log_softmax(logits[wanted], dim=-1)
+        chosen = logprobs.gather(1, torch.tensor([picked[i] for i in wanted], device=logits.device)[:, None])
+        result = {}
+        for position, index in enumerate(wanted):
+            top = []
+            if sequences[index].request.top_logprobs:
+                values, ids = torch.topk(logprobs[position], sequences[index].request.top_logprobs)
+                top = list(zip(ids.tolist(), values.tolist()))
+            result[index] = (chosen[position, 0].item(), top)
+        return result
 
     def _finish(self, row: int, reason: str) -> None:
         """End the sequence in `row`; the last row's sequence moves into it, so busy rows stay first."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
@@ -63,12 +64,12 @@ def next_token_distribution(logits: torch.Tensor, sampling: SamplingConfig) -> t
         ids = torch.nonzero(scores >= kth_best).squeeze(1)
     else:
         ids = torch.arange(scores.numel(), device=scores.device)
-    return _nucleus(scores, ids, sampling)
+    return _nucleus(scores[ids], ids, sampling)
 
 
 def _nucleus(scores: torch.Tensor, ids: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distribution over candidates `ids` (ascending) of the scores (V,): sorted, softmax, then top-p."""
-    sorted_scores, order = scores[ids].sort(descending=True)
+    """The distribution over candidates `ids` (ascending) with `scores`: sorted, softmax, then top-p."""
+    sorted_scores, order = scores.sort(descending=True)
     ids = ids[order]
     probabilities = torch.softmax(sorted_scores, dim=0)
     if sampling.top_p < 1.0:
@@ -81,7 +82,8 @@ def _nucleus(scores: torch.Tensor, ids: torch.Tensor, sampling: SamplingConfig) 
 
 def check_finite(logits: torch.Tensor) -> None:
     """Refuse NaN or infinite logits: sampling would fail deep in torch, and argmax would pick garbage."""
-    if not bool(torch.isfinite(logits).all()):
+    # The extremes are NaN or infinite exactly when some logit is, and cost a tenth of isfinite(...).all().
+    if not all(math.isfinite(extreme) for extreme in torch.aminmax(logits.float())):
         raise UserError(NON_FINITE_OUTPUTS)
 
 
@@ -98,6 +100,8 @@ def pick_next_tokens(logits: torch.Tensor, samplings: list[SamplingConfig],
                      generators: list[Optional[torch.Generator]]) -> list[int]:
     """pick_next_token for each row of logits (B, V), with its own settings and generator: the same tokens,
     but the work over the whole vocabulary (argmax, top-k) is done for all rows in one call each."""
+    if len(samplings) == 1:  # one sequence: the batched bookkeeping below would only add overhead
+        return [pick_next_token(logits[0], samplings[0], generators[0])]
     check_finite(logits)
     tokens: list[Optional[int]] = [None] * len(samplings)
     greedy = [row for row, sampling in enumerate(samplings) if sampling.temperature == 0.0]
@@ -107,18 +111,29 @@ def pick_next_tokens(logits: torch.Tensor, samplings: list[SamplingConfig],
     vocab_size = logits.shape[1]
     for top_k in {s.top_k for s in samplings if s.temperature > 0 and 0 < s.top_k < vocab_size}:
         rows = [row for row, s in enumerate(samplings) if s.temperature > 0 and s.top_k == top_k]
-        temperatures = torch.tensor([samplings[row].temperature for row in rows], device=logits.device)
-        scores = logits[rows].float() / temperatures[:, None]
-        kth_best = torch.topk(scores, top_k, dim=1, sorted=False).values.min(dim=1).values
-        kept = scores >= kth_best[:, None]
-        candidates = torch.nonzero(kept)[:, 1].split(kept.sum(dim=1).tolist())  # ascending ids per row
-        for index, row in enumerate(rows):
-            ids, probabilities = _nucleus(scores[index], candidates[index], samplings[row])
-            tokens[row] = int(ids[torch.multinomial(probabilities, 1, generator=generators[row])])
+        selected = logits if len(rows) == len(samplings) else logits[rows]  # indexing copies every row
+        for row, (ids, scores) in zip(rows, _top_k_candidates(selected, [samplings[r] for r in rows], top_k)):
+            if ids is not None:
+                ids, probabilities = _nucleus(scores, ids, samplings[row])
+                tokens[row] = int(ids[torch.multinomial(probabilities, 1, generator=generators[row])])
     for row, token in enumerate(tokens):
-        if token is None:  # top-k disabled: the whole vocabulary is sorted, row by row
+        if token is None:  # top-k disabled, or a tie at the k-th place: the single-row path
             tokens[row] = pick_next_token(logits[row], samplings[row], generators[row])
     return tokens
+
+
+def _top_k_candidates(logits: torch.Tensor, samplings: list[SamplingConfig], top_k: int
+                      ) -> list[tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]:
+    """For each row of logits (R, V): the ids (ascending) of its top_k tokens and their scores (logits divided by
+    the temperature), exactly next_token_distribution's candidates; (None, None) where a token outside the top
+    k ties with the k-th, which that function keeps. Only the k + 1 best of each row are divided and sorted."""
+    best = torch.topk(logits.float(), top_k + 1, dim=1)  # raw logits: dividing by T > 0 keeps their order
+    temperatures = torch.tensor([s.temperature for s in samplings], device=logits.device)
+    scores = best.values / temperatures[:, None]
+    ties = (scores[:, top_k] >= scores[:, top_k - 1]).tolist()
+    ids, order = best.indices[:, :top_k].sort(dim=1)
+    scores = scores[:, :top_k].gather(1, order)
+    return [(None, None) if tie else (ids[row], scores[row]) for row, tie in enumerate(ties)]
 
 
 class _PackedLinear(nn.Module):

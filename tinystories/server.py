@@ -208,7 +208,7 @@ def generation_requests(request: CompletionRequest) -> list[GenerationRequest]:
     return [GenerationRequest(prompt_ids=ids, max_new_tokens=request.max_tokens, sampling=request.sampling,
                               seed=None if request.seed is None else sequence_seed(request.seed, index),
                               stop_at_eos=not request.ignore_eos, stop=list(request.stop),
-                              top_logprobs=request.logprobs or 0)
+                              logprobs=request.logprobs is not None, top_logprobs=request.logprobs or 0)
             for index, ids in enumerate(prompts)]
 
 
