@@ -53,6 +53,16 @@ def _seeded() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules that decode tiny models one short sequence at a time: a second thread only adds waiting,
+    which on a busy machine made each step many times slower. Use with pytest.mark.usefixtures."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> Path:
     """A small prepared synthetic corpus (train/validation/test token files), shared by the whole session."""

@@ -28,14 +28,7 @@ def sharpened_model(name: str, seed: int = 0) -> Model:
     return model.eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are too small to gain from a second thread, and on a busy machine the threads' waits
-    for each other cost ten times the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +206,27 @@ def test_background_thread_serves_submissions_from_other_threads(nano):
     endless = engine.submit(GenerationRequest([1, 2, 3], 10_000, GREEDY, stop_at_eos=False))
     engine.shutdown()
     assert endless.result(timeout=5).finish_reason == "cancelled"
+
+
+def test_on_finish_comes_after_the_last_event_with_the_result_or_the_error(nano):
+    requests = requests_for(nano, [5, 9], [7, 12], FILTERED)
+    engine = Engine(nano, max_batch=2)
+    seen = [[], []]
+    handles = [engine.submit(request, on_event=seen[i].append, on_finish=seen[i].append)
+               for i, request in enumerate(requests)]
+
+    def broken(event):
+        raise RuntimeError("the caller's callback failed")
+
+    failing = engine.submit(requests[0], on_event=broken, on_finish=seen.append)
+    engine.run()
+    for items, handle, request in zip(seen, handles, requests):
+        *events, final = items
+        assert final is handle.result() and final.token_ids == alone(nano, request)
+        assert [event.token_id for event in events] == final.token_ids
+    assert isinstance(seen[2], RuntimeError) and str(seen[2]) == "the caller's callback failed"
+    with pytest.raises(RuntimeError):
+        failing.result()
 
 
 def test_generate_while_the_thread_runs_and_zero_new_tokens(nano):

@@ -22,6 +22,7 @@ from tinystories.checkpoint import model_checkpoint, save_checkpoint
 from tinystories.errors import UserError
 from tinystories.judge import (CRITERIA, PROMPT_VERSION, GradingCache, Judge, JudgeConfig, grade_all, grading_messages,
                                judge_report, mean_interval, parse_grades, t_quantile)
+from tinystories.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-9c1f2e7d-never-print-me"
@@ -260,3 +261,27 @@ def test_bad_judge_arguments_are_one_line_errors(checkpoint, synthetic_data_dir,
                                     str(synthetic_data_dir), "--judge", "j", "--output", str(tmp_path / "r.json"),
                                     *args)
     assert status == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_a_judge_pointed_at_serve_py_leaves_every_item_ungraded(checkpoint, synthetic_data_dir, secret_key, tmp_path,
+                                                                 monkeypatch, capsys):
+    """serve.py continues text and has no chat format: its chat endpoint answers 400, so nothing is graded,
+    each item says why, and the run ends normally with the count."""
+    with ServerProcess(str(checkpoint), log_dir=tmp_path, env={"OMP_NUM_THREADS": "1"}) as serving:
+        output = tmp_path / "report.json"
+        status, out, err = run_evaluate(
+            monkeypatch, capsys, "--model", str(checkpoint), "--data_dir", str(synthetic_data_dir), "--split", "test",
+            "--max_samples", "2", "--judge", "tiny-stories", "--judge_base_url", f"{serving.base_url}/v1",
+            "--judge_stories", "3", "--max_tokens", "6", "--judge_cache", str(tmp_path / "cache.jsonl"),
+            "--output", str(output))
+        assert status == 0, err
+        assert serving.health()["status"] == "ok"  # still serving
+    result = json.loads(output.read_text())["models"][0]["judge"]
+    assert (result["items"], result["graded"], result["ungraded"]) == (3, 0, 3)
+    assert "0 of 3 (3 ungraded)" in out and "Traceback" not in err
+    records = [json.loads(line) for line in Path(json.loads(output.read_text())["judge"]["gradings_file"])
+               .read_text().splitlines()]
+    assert len(records) == 3 and all(record["grades"] is None for record in records)
+    assert all(record["reason"].startswith("HTTP 400: ") and "chat" in record["reason"] for record in records)
+    assert not (tmp_path / "cache.jsonl").exists() or not (tmp_path / "cache.jsonl").read_text().strip()
+    assert_secret_nowhere(tmp_path, out, err)

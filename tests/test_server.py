@@ -32,18 +32,11 @@ from tinystories.tokenizer import EOT_ID, get_tokenizer
 MAX_BATCH, MAX_QUEUE, MAX_N, MAX_TOKENS_LIMIT = 8, 8, 8, 600
 API_KEY = secrets.token_hex(16)
 PROMPT = "Once upon a time, there was a little girl named Lily."
-# Child processes decode on one thread too (see one_thread): faster for a tiny model on a busy machine.
+# Child processes decode on one thread too (see one_torch_thread): faster for a tiny model on a busy machine.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The references decode one short sequence at a time: a second thread only adds waiting, which on a busy
-    machine made each step hundreds of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -98,8 +98,10 @@ def check_cache_fits(model: Model, slots: int) -> None:
 class SequenceHandle:
     """A submitted sequence: its events as they come, its result once finished, and a way to cancel it."""
 
-    def __init__(self, prompt_tokens: int) -> None:
+    def __init__(self, prompt_tokens: int,
+                 on_finish: Optional[Callable[[SequenceResult | BaseException], None]] = None) -> None:
         self.prompt_tokens = prompt_tokens
+        self._on_finish = on_finish
         self._condition = threading.Condition()
         self._events: list[TokenEvent] = []
         self._result: Optional[SequenceResult] = None
@@ -147,6 +149,8 @@ class SequenceHandle:
         with self._condition:
             self._result, self._error = result, error
             self._condition.notify_all()
+        if self._on_finish is not None:
+            self._on_finish(result if error is None else error)
 
 
 class _Sequence:
@@ -225,8 +229,8 @@ class Engine:
     """Continuous batching over one model: submit sequences, then step (or `start` a thread that steps)."""
 
     def __init__(self, model: Model, max_batch: int = 32) -> None:
-        if max_batch < 1:
-            raise UserError(f"--batch_size must be at least 1, got {max_batch}")
+        if max_batch < 1:  # the scripts check their own flags (--batch_size, --max_batch) before this
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         check_cache_fits(model, max_batch)
         self.model = model
         self.max_batch = max_batch
@@ -251,9 +255,11 @@ class Engine:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def submit(self, request: GenerationRequest,
-               on_event: Optional[Callable[[TokenEvent], None]] = None) -> SequenceHandle:
-        """Queue a sequence (thread-safe); it joins a slot at the first step with one free."""
+    def submit(self, request: GenerationRequest, on_event: Optional[Callable[[TokenEvent], None]] = None,
+               on_finish: Optional[Callable[[SequenceResult | BaseException], None]] = None) -> SequenceHandle:
+        """Queue a sequence (thread-safe); it joins a slot at the first step with one free. `on_event` gets each
+        TokenEvent and then `on_finish` the result (or the error that ended the sequence), on the stepping
+        thread, in that order."""
         check_prompt(request.prompt_ids, self.model.config.vocab_size)
         if request.max_new_tokens < 0:
             raise UserError(f"max_new_tokens must be 0 or more, got {request.max_new_tokens}")
@@ -261,7 +267,7 @@ class Engine:
             raise UserError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {request.top_logprobs}")
         if any(not isinstance(stop, str) or not stop for stop in request.stop):
             raise UserError("stop strings must be non-empty text")
-        handle = SequenceHandle(len(request.prompt_ids))
+        handle = SequenceHandle(len(request.prompt_ids), on_finish)
         sequence = _Sequence(request, handle, on_event, self.model.config.block_size, self.device)
         with self._condition:
             self._waiting.append(sequence)

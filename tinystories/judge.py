@@ -208,6 +208,14 @@ def _openai() -> Any:
     return openai
 
 
+def _server_message(error: Any) -> str:
+    """': <the message of the error object>' when the server sent one (OpenAI's shape), else ''."""
+    body = error.body if isinstance(error.body, dict) else {}
+    message = body.get("message")
+    lines = str(message).strip().splitlines() if message else []
+    return f": {lines[0][:200]}" if lines else ""
+
+
 def _retry_after(error: Any) -> Optional[float]:
     try:
         return min(float(error.response.headers["retry-after"]), 60.0)
@@ -254,7 +262,7 @@ class Judge:
                     raise UserError(f"the judge at {self.host} has no model {self.model!r} or no chat "
                                     f"completions endpoint (HTTP 404)") from None
                 else:  # e.g. 400 for a prompt too long for the judge: this item only, and asking again won't help
-                    raise _RequestFailed(f"HTTP {error.status_code}", retryable=False) from None
+                    raise _RequestFailed(f"HTTP {error.status_code}{_server_message(error)}", retryable=False) from None
             except openai.APITimeoutError:
                 failure = _RequestFailed("timeout")
             except openai.APIConnectionError:

@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from tinystories.checks import require_at_least
 from tinystories.engine import Engine, GenerationRequest, SequenceHandle, SequenceResult, TokenEvent, sequence_seed
 from tinystories.errors import UserError
 from tinystories.openai_protocol import (STREAM_END, ApiError, CompletionRequest, Limits, Logprobs, ResponseHeader,
@@ -62,11 +62,8 @@ class ServerConfig:
     max_n: int = field(default=16, metadata={"help": "the most sequences one request may ask for (prompts x n)"})
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_tokens_limit", "max_n"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_queue < 0:
-            raise UserError(f"--max_queue must be 0 or more, got {self.max_queue}")
+        require_at_least(self, ("max_batch", "max_tokens_limit", "max_n"))
+        require_at_least(self, ("max_queue",), minimum=0)
         if self.max_n > self.max_batch + self.max_queue:
             raise UserError(f"--max_n {self.max_n} could never be admitted: it is above --max_batch + --max_queue "
                             f"({self.max_batch + self.max_queue})")
@@ -133,8 +130,8 @@ class GenerationFailed(ApiError):
 class Submission:
     """One request's sequences in the engine; their TokenEvents and results arrive on an asyncio queue, in order.
 
-    The engine calls on_event on its own thread; a small thread per sequence waits for its result. Both hand
-    over with call_soon_threadsafe, so the queue is only touched on the event loop.
+    The engine calls on_event and on_finish on its own thread; both hand over with call_soon_threadsafe, so
+    the queue is only touched on the event loop.
     """
 
     def __init__(self, service: Service, requests: list[GenerationRequest]) -> None:
@@ -146,11 +143,10 @@ class Submission:
         service.submissions.add(self)
         try:
             for index, request in enumerate(requests):
-                self.handles.append(service.engine.submit(request, on_event=self._forwarder(index)))
+                self.handles.append(service.engine.submit(request, on_event=self._forwarder(index),
+                                                          on_finish=self._forwarder(index)))
                 service.in_flight += 1
                 self.unfinished += 1
-                threading.Thread(target=self._wait_for_result, args=(index, self.handles[-1]), daemon=True,
-                                 name=f"result-{index}").start()
         except UserError as error:  # the checks in openai_protocol should have caught it already
             self.cancel()
             if not self.unfinished:
@@ -165,13 +161,6 @@ class Submission:
 
     def _forwarder(self, index: int):
         return lambda event: self._post(index, event)
-
-    def _wait_for_result(self, index: int, handle: SequenceHandle) -> None:
-        try:
-            result: Union[SequenceResult, Exception] = handle.result()
-        except Exception as error:  # the engine's forward failed (out of memory, ...): this sequence ends with it
-            result = error
-        self._post(index, result)
 
     def _deliver(self, index: int, item: Union[TokenEvent, SequenceResult, Exception]) -> None:
         if not isinstance(item, TokenEvent):
