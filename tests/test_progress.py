@@ -5,7 +5,9 @@ import torch
 from tqdm import tqdm
 
 from tinystories import quickstart
-from tinystories.progress import StepProgress, duration, memory_in_use, step_size
+from tinystories import progress as progress_module
+from tinystories.progress import (ESTIMATE_MICRO_BATCHES, StepProgress, duration, memory_in_use,
+                                   step_size)
 
 
 def test_durations_read_as_a_person_would_say_them():
@@ -36,13 +38,30 @@ def run_micro_batches(device_type: str, micro_steps: int, steps_to_go: int, coun
     return said, bar.desc
 
 
-def test_the_estimate_comes_once_after_the_second_micro_batch():
-    said, _ = run_micro_batches("cpu", micro_steps=4, steps_to_go=10, count=1)
+def test_fast_micro_batches_are_averaged_over_ten_after_the_first():
+    said, _ = run_micro_batches("cpu", micro_steps=4, steps_to_go=10, count=ESTIMATE_MICRO_BATCHES)
     assert said == []
-    said, description = run_micro_batches("cpu", micro_steps=4, steps_to_go=10, count=9)
+    said, description = run_micro_batches("cpu", micro_steps=4, steps_to_go=10, count=30)
     assert len(said) == 1 and said[0].startswith("estimate: ") and "for the 10 step(s) to go" in said[0]
     assert "GB of memory" in said[0] and quickstart.COMMAND not in said[0]  # a short run needs no advice
     assert description.startswith("training (micro-batch ")
+
+
+def test_slow_micro_batches_are_estimated_after_the_second_from_all_but_the_first(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
+    said: list[str] = []
+    progress = StepProgress(tqdm(disable=True), said.append, torch.device("cpu"), micro_steps=1, steps_to_go=8)
+    now[0] = 40.0  # warm-up makes the first micro-batch slow; it is not counted
+    progress.micro_batch_done(0)
+    assert said == []
+    now[0] = 52.5
+    progress.micro_batch_done(0)
+    assert said == ["estimate: 12.5 s per micro-batch, so about 12.5 s per optimizer step and 1 min 40 s for the 8 "
+                    f"step(s) to go (evaluations extra); {memory_in_use(torch.device('cpu'))}"]
+    now[0] = 65.0
+    progress.micro_batch_done(0)
+    assert len(said) == 1
 
 
 def test_a_long_cpu_run_names_the_quick_start():

@@ -1,7 +1,9 @@
 """train.py end to end: exact resume after SIGKILL, SIGTERM, DDP equivalence, flags, one-line user errors, and
 the output folder (checked before work, locked against a second run, cleared of a killed save's temporaries)."""
+import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -39,6 +41,11 @@ def wait_until_training(process) -> str:
 
 def final_weights(out_dir):
     return torch.load(Path(out_dir) / "checkpoints" / "checkpoint.pth", weights_only=True)["model"]
+
+
+def files_under(*folders: Path) -> dict[Path, bytes]:
+    """Every file under `folders`, with its bytes."""
+    return {path: path.read_bytes() for folder in folders for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def test_sigkill_then_resume_is_bitwise_identical(synthetic_data_dir, tmp_path):
@@ -145,6 +152,40 @@ def test_a_long_step_is_estimated_and_ctrl_c_answers_at_once_then_stops_now(synt
     assert not list(checkpoint.parent.glob(".*.tmp"))
 
 
+# Loaded by each torchrun process (as sitecustomize, from PYTHONPATH): records the files that the process creates,
+# writes, renames, removes or makes folders of under AUDITED_FOLDERS, in AUDIT_RECORD.rank<RANK>.
+WRITE_AUDIT = """
+import os, sys
+if "RANK" in os.environ:
+    _folders = tuple(os.path.join(folder, "") for folder in os.environ["AUDITED_FOLDERS"].split(os.pathsep))
+    _record = os.open(os.environ["AUDIT_RECORD"] + ".rank" + os.environ["RANK"],
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    _writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    _events = ("os.rename", "os.remove", "os.mkdir", "os.rmdir", "os.truncate", "os.link", "os.symlink",
+               "shutil.rmtree")
+
+    def _audit(event, args):
+        if event == "open" and not (isinstance(args[2], int) and args[2] & _writing) or event not in ("open", *_events):
+            return
+        for path in args:
+            if isinstance(path, (str, bytes, os.PathLike)):
+                path = os.path.abspath(os.fsdecode(path))
+                if os.path.join(path, "").startswith(_folders):
+                    os.write(_record, f"{event} {path}\\n".encode())
+
+    sys.addaudithook(_audit)
+"""
+
+
+def written_files(out_dir: Path) -> list[str]:
+    """What a run left under out_dir, its timestamped log's name generalised."""
+    names = []
+    for path in sorted(out_dir.rglob("*")):
+        name = path.relative_to(out_dir).as_posix()
+        names.append(re.sub(r"^logs/training_\d{8}_\d{6}\.log$", "logs/training_*.log", name))
+    return names
+
+
 def test_two_gloo_ranks_follow_the_single_process_trajectory(synthetic_data_dir, tmp_path):
     arguments = ["--max_steps", "6", "--eval_interval", "3", "--dropout", "0.0", "--batch_size", "2",
                  "--gradient_accumulation_steps", "4"]
@@ -152,7 +193,13 @@ def test_two_gloo_ranks_follow_the_single_process_trajectory(synthetic_data_dir,
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
                *TINY_RUN, "--data_dir", str(synthetic_data_dir), *SYNTHETIC,
                "--out_dir", str(tmp_path / "two"), *arguments]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    (audit / "sitecustomize.py").write_text(WRITE_AUDIT)
+    python_path = [str(audit), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(python_path),
+           "AUDITED_FOLDERS": os.pathsep.join([str(tmp_path / "two"), str(synthetic_data_dir)]),
+           "AUDIT_RECORD": str(audit / "writes")}
     double = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     assert double.returncode == 0, double.stderr[-3000:]
     assert single.wait() == 0, single.stderr.read()[-3000:]
@@ -165,6 +212,23 @@ def test_two_gloo_ranks_follow_the_single_process_trajectory(synthetic_data_dir,
         for key in ("train_loss", "val_loss"):
             assert entry_two[key] == pytest.approx(entry_one[key], rel=1e-5), key
     assert len(one["rng"]) == 1 and len(two["rng"]) == 2
+
+    # Only rank 0 writes: the two processes leave the files one leaves, one log recording each evaluation once,
+    # and rank 1 wrote nothing at all (in the output folder or the data folder), while rank 0's writes were seen.
+    assert written_files(tmp_path / "two") == written_files(tmp_path / "one") == [
+        "checkpoints", "checkpoints/best_model.pth", "checkpoints/checkpoint.pth", "logs", "logs/loss_curve.png",
+        "logs/training_*.log"]
+    log = next((tmp_path / "two" / "logs").glob("training_*.log"))
+    assert [entry["step"] for entry in json.loads(log.read_text())["history"]] == [3, 6]
+    assert f"os.rename {tmp_path / 'two' / 'checkpoints' / 'checkpoint.pth'}" in (audit / "writes.rank0").read_text()
+    assert (audit / "writes.rank1").read_text() == ""
+
+    # The two processes' checkpoint does not resume in one process.
+    before = files_under(tmp_path / "two")
+    stderr = one_line_error(run_train([*arguments, "--max_steps", "8"], synthetic_data_dir, tmp_path / "two"))
+    assert ("checkpoint.pth was trained with batch size and processes [2, 2]; resuming exactly needs the same (2, 1)"
+            in stderr)
+    assert files_under(tmp_path / "two") == before
 
 
 def test_flags_override_config_file_which_overrides_defaults(tmp_path):
@@ -300,12 +364,60 @@ def test_an_edited_training_state_is_one_line_naming_it(synthetic_data_dir, tmp_
     assert f"{path} cannot be resumed: 'rng' missing" in stderr
 
 
-def test_a_different_split_seed_is_refused_before_the_data_folder_is_rebuilt(synthetic_data_dir, tmp_path):
-    data_dir = tmp_path / "data"
-    shutil.copytree(synthetic_data_dir, data_dir)
-    first = run_train(["--max_steps", "2", "--eval_interval", "2"], data_dir, tmp_path / "out")
-    assert first.wait(timeout=300) == 0
-    before = {path.name: path.read_bytes() for path in data_dir.iterdir()}
-    stderr = one_line_error(run_train(["--max_steps", "4", "--split_seed", "7"], data_dir, tmp_path / "out"))
-    assert "trained on a split made with --split_seed 1337" in stderr
-    assert {path.name: path.read_bytes() for path in data_dir.iterdir()} == before
+def test_a_resume_that_would_change_the_data_or_the_batch_is_refused_and_writes_nothing(synthetic_data_dir, tmp_path):
+    data_dir, out_dir = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(synthetic_data_dir, data_dir)  # a refused run must not rebuild it; the shared one stays safe
+    first = run_train(["--max_steps", "2", "--eval_interval", "2"], data_dir, out_dir)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    checkpoint = out_dir / "checkpoints" / "checkpoint.pth"
+    before = files_under(data_dir, out_dir)
+    assert checkpoint in before
+    for change, says in [
+        (["--split_seed", "7"], f"{checkpoint} was trained on a split made with --split_seed 1337; "),
+        (["--max_stories", "300"], f"{checkpoint} was trained on a split made with --max_stories 400; "),
+        (["--val_fraction", "0.2"], f"{checkpoint} was trained on a split made with --val_fraction 0.05; "),
+        (["--batch_size", "4"], f"{checkpoint} was trained with batch size and processes [2, 1]; "
+                                "resuming exactly needs the same (4, 1)"),
+        (["--gradient_accumulation_steps", "4"], f"{checkpoint} was trained with --gradient_accumulation_steps 2; "),
+    ]:
+        stderr = one_line_error(run_train(["--max_steps", "4", *change], data_dir, out_dir))
+        assert stderr.startswith("error: ") and says in stderr, (change, stderr)
+        assert files_under(data_dir, out_dir) == before, change  # checkpoint, logs and data byte for byte
+
+
+def test_resume_never_starts_over_and_resume_path_continues_another_folders_checkpoint(synthetic_data_dir, tmp_path):
+    # No warmup: the saved run's two steps decay to its own --max_steps 2, so continuing it cannot end where a
+    # fresh 3-step run does (within a warmup, both would take the very same steps).
+    def train(arguments, out_dir):
+        return run_train(["--warmup_steps", "0", *arguments], synthetic_data_dir, tmp_path / out_dir)
+
+    first = train(["--max_steps", "2"], "first")
+    fresh = train(["--max_steps", "3"], "fresh")
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert fresh.wait(timeout=300) == 0, fresh.stderr.read()
+    saved = tmp_path / "kept" / "step_2.pth"  # a copy: the run below that starts over rewrites first/'s
+    saved.parent.mkdir()
+    shutil.copy(tmp_path / "first" / "checkpoints" / "checkpoint.pth", saved)
+    saved_bytes = saved.read_bytes()
+    resumed = train(["--max_steps", "3", "--resume", str(saved)], "resumed")
+    over = train(["--max_steps", "3", "--resume", "never"], "first")
+    resumed_out, resumed_err = resumed.communicate(timeout=300)
+    over_out, over_err = over.communicate(timeout=300)
+    assert resumed.returncode == 0, resumed_err
+    assert over.returncode == 0, over_err
+
+    assert f"resuming from {saved} at step 2 of 3" in resumed_out
+    continued = torch.load(tmp_path / "resumed" / "checkpoints" / "checkpoint.pth", weights_only=True)
+    assert continued["step"] == 3
+    # The saved run's evaluation, then its own.
+    assert [entry["step"] for entry in continued["training_state"]["history"]] == [2, 3]
+    assert saved.read_bytes() == saved_bytes
+
+    assert "resuming" not in over_out
+    started_over = torch.load(tmp_path / "first" / "checkpoints" / "checkpoint.pth", weights_only=True)
+    assert started_over["step"] == 3
+    assert [entry["step"] for entry in started_over["training_state"]["history"]] == [3]  # none of the old run's
+    assert torch.load(tmp_path / "first" / "checkpoints" / "best_model.pth", weights_only=True)["step"] == 3
+    fresh_weights = final_weights(tmp_path / "fresh")
+    assert all(torch.equal(started_over["model"][name], fresh_weights[name]) for name in fresh_weights)
+    assert not all(torch.equal(started_over["model"][name], continued["model"][name]) for name in fresh_weights)

@@ -127,3 +127,64 @@ def test_a_full_disk_during_a_save_is_one_line_that_says_the_previous_checkpoint
     assert torch.load(checkpoint, weights_only=True)["step"] == 2
     assert sorted(path.name for path in checkpoint.parent.iterdir()) == ["checkpoint.pth"]
     assert not (tmp_path / "train.lock").exists()
+
+
+def adamw_by_hand(model, batches, learning_rate, weight_decay, fused, clip_to=None):
+    """`model` after one plain AdamW step per (x, y) batch, with the README's betas and decay on matrices only;
+    gradients are clipped to a total norm of `clip_to` only when it is given. Returns each step's gradient norm
+    before any clipping."""
+    parameters = list(model.parameters())
+    optimizer = torch.optim.AdamW([{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
+                                   {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=learning_rate, betas=(0.9, 0.95), fused=fused)
+    norms = []
+    for x, y in batches:
+        _, loss = model(x, y, return_logits=False)
+        loss.backward()
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters])))
+        if clip_to is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, clip_to)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return norms
+
+
+def test_max_grad_norm_0_disables_clipping_and_a_positive_one_clips(synthetic_data_dir, tmp_path):
+    def trained(max_grad_norm):
+        """The weights before and after two optimizer steps of a Trainer on `batches`, its model settings, and
+        whether its AdamW is the fused kernel (which the hand-made steps use too, to compare bit for bit)."""
+        config = TrainConfig(preset="tiny", block_size=32, batch_size=2, gradient_accumulation_steps=1, max_steps=2,
+                             learning_rate=1e-2, min_lr=1e-2, warmup_steps=0, dropout=0.0, weight_decay=0.1,
+                             max_grad_norm=max_grad_norm, device="cpu", compile="false",
+                             out_dir=str(tmp_path / f"clip_{max_grad_norm}"))
+        trainer = Trainer(config, synthetic_config(synthetic_data_dir))
+        trainer.lock.release()
+        initial = {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}
+        trainer.data.batches.next_batch = iter(batches).__next__
+        for _ in batches:
+            trainer.train_step()
+        return initial, trainer.model.state_dict(), trainer.model_config, trainer.optimizer.defaults["fused"]
+
+    generator = torch.Generator().manual_seed(3)
+    tokens = [torch.randint(0, 50257, (2, 33), generator=generator) for _ in range(2)]
+    batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
+    initial, unclipped_by_trainer, model_config, fused = trained(0)
+    initial_again, clipped_by_trainer, _, _ = trained(0.5)
+    assert all(torch.equal(initial[name], initial_again[name]) for name in initial)  # the same start (seed)
+
+    by_hand, norms = {}, {}
+    for clip_to in (None, 0.5):
+        model = Model(model_config)
+        model.load_state_dict(initial)
+        norms[clip_to] = adamw_by_hand(model, batches, learning_rate=1e-2, weight_decay=0.1, fused=fused,
+                                       clip_to=clip_to)
+        by_hand[clip_to] = model.state_dict()
+    # Clipping at 0.5 has work to do, in both steps and by different factors (Adam's first step alone would
+    # hardly notice: it divides the gradient by its own size).
+    first, second = norms[0.5]
+    assert first > 1 and second > 1 and not torch.isclose(first, second, rtol=0.05)
+    difference = max((by_hand[None][name] - by_hand[0.5][name]).abs().max().item() for name in initial)
+    assert difference > 1e-4
+    for name in initial:
+        assert torch.equal(unclipped_by_trainer[name], by_hand[None][name]), name  # 0: the plain step
+        torch.testing.assert_close(clipped_by_trainer[name], by_hand[0.5][name], rtol=0, atol=1e-6, msg=name)

@@ -15,6 +15,10 @@ from tinystories import quickstart
 
 LONG_CPU_RUN_SECONDS = 3600  # beyond an hour on a CPU, the estimate points at the quick start
 REFRESH_SECONDS = 0.5  # the bar's micro-batch count is redrawn at most this often
+# The estimate averages the micro-batches after the first (which pays for warm-up) until it has this many
+# or this much time: one slow step (the optimizer's first, a busy moment) then does not dominate it.
+ESTIMATE_MICRO_BATCHES = 10
+ESTIMATE_SECONDS = 10.0
 
 
 def duration(seconds: float) -> str:
@@ -46,8 +50,9 @@ def step_size(batch_size: int, micro_steps: int, world_size: int, block_size: in
 
 
 class StepProgress:
-    """Follows the micro-batches of a run: after the second one it prints the estimate (the first also pays
-    for warm-up), and within an optimizer step of several micro-batches it shows which one is running."""
+    """Follows the micro-batches of a run: it prints the estimate once the micro-batches after the first (which
+    also pays for warm-up) number ESTIMATE_MICRO_BATCHES or have taken ESTIMATE_SECONDS (so after the second
+    one of a slow run), and within an optimizer step of several micro-batches it shows which one is running."""
 
     def __init__(self, bar: tqdm, say: Callable[[str], None], device: torch.device, micro_steps: int,
                  steps_to_go: int) -> None:
@@ -58,19 +63,22 @@ class StepProgress:
         self.steps_to_go = steps_to_go
         self.finished = 0  # micro-batches finished in this run
         self.first_finished_at = 0.0
+        self.estimated = False
         self.last_refresh = 0.0
 
     def micro_batch_done(self, index: int) -> None:
         """Called after micro-batch `index` (0-based) of the current optimizer step has run."""
         self.finished += 1
-        if self.finished <= 2:
+        if not self.estimated:
             if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)  # twice per run: the times must include the device's work
+                torch.cuda.synchronize(self.device)  # until the estimate: the times must include the device's work
             now = time.perf_counter()
+            timed, elapsed = self.finished - 1, now - self.first_finished_at
             if self.finished == 1:
                 self.first_finished_at = now
-            else:
-                self.say(self.estimate(now - self.first_finished_at))
+            elif timed >= ESTIMATE_MICRO_BATCHES or elapsed >= ESTIMATE_SECONDS:
+                self.estimated = True
+                self.say(self.estimate(elapsed / timed))
         now = time.perf_counter()
         if self.micro_steps > 1 and now - self.last_refresh >= REFRESH_SECONDS:
             self.last_refresh = now

@@ -60,6 +60,7 @@ class RunIdentity:
     seed: int  # initialisation, data order and dropout
     world_batch: list[int]  # batch size per process, processes
     split: dict[str, Any]  # the settings that decide which stories are trained on
+    gradient_accumulation_steps: int  # with world_batch, the effective batch of an optimizer step
 
 
 def split_settings(data_config: DataConfig) -> dict[str, Any]:
@@ -292,6 +293,10 @@ def check_same_run(checkpoint: dict[str, Any], path: Path, identity: RunIdentity
     if checkpoint["world_batch"] != identity.world_batch:
         raise UserError(f"{path} was trained with batch size and processes {checkpoint['world_batch']}; "
                         f"resuming exactly needs the same ({identity.world_batch[0]}, {identity.world_batch[1]})")
+    saved_accumulation = checkpoint["training_arguments"].get("gradient_accumulation_steps")
+    if saved_accumulation is not None and saved_accumulation != identity.gradient_accumulation_steps:
+        raise UserError(f"{path} was trained with --gradient_accumulation_steps {saved_accumulation}; resuming "
+                        f"exactly needs the same (it sets the effective batch of every optimizer step)")
     saved_split = checkpoint.get("data_arguments", {})  # absent from checkpoints of older versions
     changed = [name for name in identity.split if name in saved_split and saved_split[name] != identity.split[name]]
     if changed:

@@ -206,7 +206,8 @@ class Trainer:
 
     def _set_up(self, data_config: DataConfig) -> None:
         identity = RunIdentity(dataclasses.asdict(self.model_config), self.config.seed,
-                               [self.config.batch_size, self.distributed.world_size], split_settings(data_config))
+                               [self.config.batch_size, self.distributed.world_size], split_settings(data_config),
+                               self.config.gradient_accumulation_steps)
         self.identity = identity
         resume_path = self._resume_path()
         saved = read_resumable(resume_path) if resume_path else None
