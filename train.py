@@ -42,8 +42,9 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[TrainConfig, DataCon
     source = f"config file {namespace.config}"
     train_settings = {**checked_settings(TrainConfig, {k: v for k, v in file_settings.items() if k in train_names}, source),
                       **checked_settings(TrainConfig, explicit_values(TrainConfig, namespace), "command line")}
-    data_settings = {**checked_settings(DataConfig, _data_settings(file_settings), source),
-                     **checked_settings(DataConfig, _data_settings(vars(namespace)), "command line")}
+    renamed = {"seed": SPLIT_SEED}
+    data_settings = {**checked_settings(DataConfig, _data_settings(file_settings), source, renamed),
+                     **checked_settings(DataConfig, _data_settings(vars(namespace)), "command line", renamed)}
     return TrainConfig(**train_settings), DataConfig(**data_settings)
 
 

@@ -248,6 +248,7 @@ def test_flags_override_config_file_which_overrides_defaults(tmp_path):
 
 @pytest.mark.parametrize("arguments, message", [
     (["--batch_size", "0"], "--batch_size must be at least 1"),
+    (["--split_seed", "-1"], "--split_seed must be between 0 and 4294967295, got -1"),
     (["--batch_size", "many"], "batch_size"),
     (["--device", "cuda"], "CUDA is not available"),
     (["--preset", "huge"], "unknown preset"),

@@ -128,11 +128,13 @@ def merge_dataclass(base: T, overrides: dict[str, Any], source: str) -> T:
     return dataclasses.replace(base, **checked_settings(type(base), overrides, source))
 
 
-def checked_settings(cls: type, overrides: dict[str, Any], source: str) -> dict[str, Any]:
+def checked_settings(cls: type, overrides: dict[str, Any], source: str,
+                     flag_names: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """`overrides` converted to the types of `cls`'s fields; unknown keys, wrong types, non-finite or
     out-of-range numbers and values outside a field's choices are a UserError naming `source` ("command line"
     names the flag). Layers of settings merged this way build the dataclass once, so that its checks across
-    fields (min_lr <= learning_rate) see the final values, not a half-merged mix."""
+    fields (min_lr <= learning_rate) see the final values, not a half-merged mix. `flag_names` maps a field to
+    the name its script gives it (train.py's --split_seed is DataConfig's seed)."""
     hints = typing.get_type_hints(cls)
     fields = {field.name: field for field in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - fields.keys())
@@ -140,7 +142,8 @@ def checked_settings(cls: type, overrides: dict[str, Any], source: str) -> dict[
         raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}")
     checked = {}
     for name, value in overrides.items():
-        where = f"--{name}" if source == "command line" else f"{source}: {name}"
+        flag = (flag_names or {}).get(name, name)
+        where = f"--{flag}" if source == "command line" else f"{source}: {flag}"
         checked[name] = _checked(_coerce(value, hints[name], where), fields[name], where)
     return checked
 
