@@ -202,6 +202,7 @@ def test_two_gloo_ranks_follow_the_single_process_trajectory(synthetic_data_dir,
            "AUDIT_RECORD": str(audit / "writes")}
     double = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     assert double.returncode == 0, double.stderr[-3000:]
+    assert double.stdout.count("token files are up to date for these inputs; reusing them") == 1  # rank 0 says it
     assert single.wait() == 0, single.stderr.read()[-3000:]
     one, two = (torch.load(tmp_path / name / "checkpoints" / "checkpoint.pth", weights_only=True)
                 for name in ("one", "two"))
