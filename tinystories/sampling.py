@@ -64,20 +64,27 @@ def next_token_distribution(logits: torch.Tensor, sampling: SamplingConfig) -> t
         ids = torch.nonzero(scores >= kth_best).squeeze(1)
     else:
         ids = torch.arange(scores.numel(), device=scores.device)
-    return _nucleus(scores[ids], ids, sampling)
+    return _nucleus(scores[ids][None], ids[None], [sampling])[0]
 
 
-def _nucleus(scores: torch.Tensor, ids: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distribution over candidates `ids` (ascending) with `scores`: sorted, softmax, then top-p."""
-    sorted_scores, order = scores.sort(descending=True)
-    ids = ids[order]
-    probabilities = torch.softmax(sorted_scores, dim=0)
-    if sampling.top_p < 1.0:
-        mass_before = probabilities.cumsum(dim=0) - probabilities
-        keep = mass_before < sampling.top_p  # the first token always has mass_before 0
-        ids, probabilities = ids[keep], probabilities[keep]
-        probabilities = probabilities / probabilities.sum()
-    return ids, probabilities
+def _nucleus(scores: torch.Tensor, ids: torch.Tensor, samplings: list[SamplingConfig]
+             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each row of candidates ids (R, k), ascending, with their scores (R, k): the ids sorted by score and
+    their softmax, then cut to the most likely whose probability reaches the row's top_p and renormalised.
+    The sort, softmax and running sums are done for all rows in one call each."""
+    sorted_scores, order = scores.sort(dim=1, descending=True)
+    ids = ids.gather(1, order)
+    probabilities = torch.softmax(sorted_scores, dim=1)
+    top_p = torch.tensor([sampling.top_p for sampling in samplings], device=scores.device)
+    keep = probabilities.cumsum(dim=1) - probabilities < top_p[:, None]  # the first token always has 0 before it
+    distributions = []
+    for row, sampling in enumerate(samplings):
+        if sampling.top_p < 1.0:
+            kept = probabilities[row][keep[row]]
+            distributions.append((ids[row][keep[row]], kept / kept.sum()))
+        else:
+            distributions.append((ids[row], probabilities[row]))
+    return distributions
 
 
 def check_finite(logits: torch.Tensor) -> None:
@@ -112,10 +119,11 @@ def pick_next_tokens(logits: torch.Tensor, samplings: list[SamplingConfig],
     for top_k in {s.top_k for s in samplings if s.temperature > 0 and 0 < s.top_k < vocab_size}:
         rows = [row for row, s in enumerate(samplings) if s.temperature > 0 and s.top_k == top_k]
         selected = logits if len(rows) == len(samplings) else logits[rows]  # indexing copies every row
-        for row, (ids, scores) in zip(rows, _top_k_candidates(selected, [samplings[r] for r in rows], top_k)):
-            if ids is not None:
-                ids, probabilities = _nucleus(scores, ids, samplings[row])
-                tokens[row] = int(ids[torch.multinomial(probabilities, 1, generator=generators[row])])
+        settings = [samplings[row] for row in rows]
+        ids, scores, ties = _top_k_candidates(selected, settings, top_k)
+        for row, tie, (candidates, probabilities) in zip(rows, ties, _nucleus(scores, ids, settings)):
+            if not tie:
+                tokens[row] = int(candidates[torch.multinomial(probabilities, 1, generator=generators[row])])
     for row, token in enumerate(tokens):
         if token is None:  # top-k disabled, or a tie at the k-th place: the single-row path
             tokens[row] = pick_next_token(logits[row], samplings[row], generators[row])
@@ -123,17 +131,16 @@ def pick_next_tokens(logits: torch.Tensor, samplings: list[SamplingConfig],
 
 
 def _top_k_candidates(logits: torch.Tensor, samplings: list[SamplingConfig], top_k: int
-                      ) -> list[tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]:
-    """For each row of logits (R, V): the ids (ascending) of its top_k tokens and their scores (logits divided by
-    the temperature), exactly next_token_distribution's candidates; (None, None) where a token outside the top
-    k ties with the k-th, which that function keeps. Only the k + 1 best of each row are divided and sorted."""
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+    """For rows of logits (R, V): the ids (R, top_k), ascending, of each row's top_k tokens, their scores (logits
+    divided by the temperature), and whether a token outside the top k ties with the k-th (next_token_distribution
+    would keep it: those rows must take that path). Only the k + 1 best of each row are divided and sorted."""
     best = torch.topk(logits.float(), top_k + 1, dim=1)  # raw logits: dividing by T > 0 keeps their order
     temperatures = torch.tensor([s.temperature for s in samplings], device=logits.device)
     scores = best.values / temperatures[:, None]
     ties = (scores[:, top_k] >= scores[:, top_k - 1]).tolist()
     ids, order = best.indices[:, :top_k].sort(dim=1)
-    scores = scores[:, :top_k].gather(1, order)
-    return [(None, None) if tie else (ids[row], scores[row]) for row, tie in enumerate(ties)]
+    return ids, scores[:, :top_k].gather(1, order), ties
 
 
 class _PackedLinear(nn.Module):
