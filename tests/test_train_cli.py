@@ -119,11 +119,12 @@ def test_a_long_step_is_estimated_and_ctrl_c_answers_at_once_then_stops_now(synt
 
     checkpoint = tmp_path / "checkpoints" / "checkpoint.pth"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    first = run_train(["--max_steps", "1"], synthetic_data_dir, tmp_path, env=env)
+    # 300 micro-batches per optimizer step: a step is long even for the tiny model. Step 1 is saved, then step 2
+    # of the resumed run is interrupted.
+    long_steps = ["--gradient_accumulation_steps", "300", "--eval_interval", "1000"]
+    first = run_train([*long_steps, "--max_steps", "1"], synthetic_data_dir, tmp_path, env=env)
     assert first.wait(timeout=300) == 0, first.stderr.read()
-    # Resumed from that step 1 with 300 micro-batches per optimizer step: step 2 is long even for the tiny model.
-    process = run_train(["--gradient_accumulation_steps", "300", "--max_steps", "1000", "--eval_interval", "1000"],
-                        synthetic_data_dir, tmp_path, env=env)
+    process = run_train([*long_steps, "--max_steps", "1000"], synthetic_data_dir, tmp_path, env=env)
     bar = timed_lines(process.stderr)  # the progress bar, drained so that the run never waits on a full pipe
     lines = timed_lines(process.stdout)
     try:
@@ -184,6 +185,27 @@ def written_files(out_dir: Path) -> list[str]:
         name = path.relative_to(out_dir).as_posix()
         names.append(re.sub(r"^logs/training_\d{8}_\d{6}\.log$", "logs/training_*.log", name))
     return names
+
+
+def test_a_run_stopped_at_once_before_its_first_checkpoint_leaves_no_folders(synthetic_data_dir, tmp_path):
+    out_dir = tmp_path / "run"
+    process = run_train(["--gradient_accumulation_steps", "300", "--max_steps", "5"], synthetic_data_dir, out_dir,
+                        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    bar = timed_lines(process.stderr)
+    lines = timed_lines(process.stdout)
+    try:
+        next_line_starting(lines, "estimate: ", timeout=300)
+        assert (out_dir / "checkpoints").is_dir()  # made at the start, before any work
+        process.send_signal(signal.SIGINT)
+        next_line_starting(lines, "stopping after this step", timeout=10)
+        process.send_signal(signal.SIGINT)
+        _, stopped = next_line_starting(lines, "stopped at once by a second signal", timeout=10)
+        assert process.wait(timeout=10) == 128 + signal.SIGINT
+    finally:
+        process.kill()
+    rest_of(bar)
+    assert stopped.endswith("this run saved no checkpoint yet.")
+    assert not out_dir.exists()  # its empty checkpoints/ and logs/ went with it
 
 
 def test_two_gloo_ranks_follow_the_single_process_trajectory(synthetic_data_dir, tmp_path):

@@ -83,16 +83,27 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
 def folders_removed_on_failure(*folders: str | os.PathLike) -> Iterator[None]:
     """On an exception inside the block, remove those of `folders` and their parents that did not exist before
     it and are still empty, so a run that fails before writing anything leaves no empty folders behind."""
-    missing = {path for folder in folders for path in (Path(folder), *Path(folder).parents) if not path.exists()}
+    missing = missing_folders(*folders)
     try:
         yield
     except BaseException:
-        for path in sorted(missing, key=lambda p: len(p.parts), reverse=True):  # children before parents
-            try:
-                path.rmdir()  # only an empty folder: anything the run did write stays
-            except OSError:
-                pass
+        remove_empty_folders(missing)
         raise
+
+
+def missing_folders(*folders: str | os.PathLike) -> list[Path]:
+    """Those of `folders` and their parents that do not exist yet, children before parents."""
+    missing = {path for folder in folders for path in (Path(folder), *Path(folder).parents) if not path.exists()}
+    return sorted(missing, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of `folders` (children listed before parents) that is empty: anything written stays."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from tinystories.data.batches import Batch, WindowBatches, fixed_eval_batches
 from tinystories.distributed import (Distributed, all_gather_objects, all_reduce_sum, init_distributed, main_first,
                                      max_over_ranks, process_device, shutdown)
 from tinystories.errors import UserError
-from tinystories.files import ensure_folder, remove_stale_temporaries
+from tinystories.files import ensure_folder, missing_folders, remove_empty_folders, remove_stale_temporaries
 from tinystories.folder_lock import FolderLock
 from tinystories.hardware import (COMPILE_CHOICES, DEVICE_HELP, DTYPE_CHOICES, autocast, enable_tf32, flops_per_token,
                                   peak_flops, resolve_device, resolve_dtype, should_compile)
@@ -131,7 +131,7 @@ def training_data(config: TrainConfig, data_config: DataConfig, model_config: Co
                   device: torch.device) -> TrainingData:
     """Token files (rank 0 prepares missing ones first; the others wait, then reuse them), checked against the
     model's vocabulary, and the batches drawn from them."""
-    data_dir = main_first(lambda: prepare_data(data_config), lambda: prepare_data(data_config, progress=False),
+    data_dir = main_first(lambda: prepare_data(data_config), lambda: prepare_data(data_config, progress=False, report=False),
                           distributed)
     splits = {split: load_tokens(data_dir, split) for split in ("train", "validation")}
     for split, tokens in splits.items():
@@ -186,6 +186,7 @@ class Trainer:
         self.micro_steps = config.gradient_accumulation_steps // world
         self.paths = RunPaths(Path(config.out_dir))
         self.lock = FolderLock(self.paths.lock)
+        self.new_folders: list[Path] = []  # made by this run (rank 0's), removed again if it stops with them empty
         main_first(self._claim_output_folder, lambda: None, self.distributed)  # rank 0's error stops every rank
         try:
             self._set_up(data_config)
@@ -196,6 +197,7 @@ class Trainer:
     def _claim_output_folder(self) -> None:
         """Writable folders, this run's lock, and no temporary files of an earlier killed save (all before
         any work, so that a bad --out_dir costs nothing)."""
+        self.new_folders = missing_folders(self.paths.checkpoints, self.paths.logs)
         for folder in (self.paths.checkpoints, self.paths.logs):
             ensure_folder(folder)
         self.lock.acquire()
@@ -422,6 +424,7 @@ class Trainer:
                 "again to resume from there" if self.saved_step is not None else "this run saved no checkpoint yet")
         self._say(f"stopped at once by a second signal after step {self.state.step:,}; {kept}.")
         self.lock.release()
+        remove_empty_folders(self.new_folders)  # os._exit skips train.py's own clean-up
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(128 + signal_number)  # the status a shell reports for a process that the first signal ended

@@ -155,9 +155,9 @@ def _rebuild_reason(data_dir: Path, inputs: dict[str, Any]) -> Optional[str]:
     return f"{stale} is missing or truncated" if stale else None
 
 
-def prepare_data(config: DataConfig, progress: bool = True) -> Path:
-    """Make (or reuse) the token files that `config` describes; returns their folder. `progress`: say what
-    it does and show progress bars (False on torchrun's other ranks, so that one process reports)."""
+def prepare_data(config: DataConfig, progress: bool = True, report: bool = True) -> Path:
+    """Make (or reuse) the token files that `config` describes; returns their folder. `progress` shows bars,
+    `report` says whether the files were reused or rebuilt (False on torchrun's other ranks: one says it)."""
     source = make_source(config)
     inputs = {"source": source.description, "tokenizer": TOKENIZER, "seed": config.seed,
               "val_fraction": config.val_fraction, "max_stories": config.max_stories,
@@ -165,10 +165,10 @@ def prepare_data(config: DataConfig, progress: bool = True) -> Path:
     data_dir = Path(config.data_dir) if config.data_dir else source.default_dir
     reason = _rebuild_reason(data_dir, inputs)
     if reason is None:
-        if progress:
+        if report:
             print(f"{data_dir}: token files are up to date for these inputs; reusing them")
         return data_dir
-    if data_dir.is_dir() and any(data_dir.iterdir()) and progress:
+    if data_dir.is_dir() and any(data_dir.iterdir()) and report:
         print(f"{data_dir}: {reason}; rebuilding the token files")
     with folders_removed_on_failure(data_dir):
         ensure_folder(data_dir)  # an unusable folder fails now, before the stories are read
