@@ -229,6 +229,65 @@ def test_on_finish_comes_after_the_last_event_with_the_result_or_the_error(nano)
         failing.result()
 
 
+def test_events_stream_while_the_sequence_runs(nano):
+    engine = Engine(nano, max_batch=1)
+    engine.start()
+    try:
+        handle = engine.submit(GenerationRequest([1, 2, 3], 100_000, GREEDY, stop_at_eos=False))
+        events = handle.events()
+        next(events)
+        assert not handle.done  # the first token came out long before the last
+        handle.cancel()
+        assert handle.result(timeout=30).finish_reason == "cancelled"
+    finally:
+        engine.shutdown()
+
+
+def test_cancelling_a_waiting_sequence_while_every_slot_is_busy_spares_the_others(nano):
+    requests = requests_for(nano, [3, 5], [20, 20], GREEDY)
+    engine = Engine(nano, max_batch=1)
+    running, waiting = (engine.submit(request) for request in requests)
+    engine.step()  # the first holds the one slot
+    waiting.cancel()  # a client that left while queued
+    engine.run()
+    assert running.result().token_ids == alone(nano, requests[0])
+    assert waiting.result().finish_reason == "cancelled" and waiting.result().token_ids == []
+
+
+def test_shutdown_stops_the_thread_and_cancels_running_and_waiting_sequences(nano):
+    engine = Engine(nano, max_batch=1)
+    engine.start()
+    thread = engine._thread
+    running = engine.submit(GenerationRequest([1, 2, 3], 100_000, GREEDY, stop_at_eos=False))
+    waiting = engine.submit(GenerationRequest([4, 5], 100_000, GREEDY, stop_at_eos=False))
+    next(running.events())  # it holds the one slot now
+    engine.shutdown()
+    assert not thread.is_alive()
+    for handle in (running, waiting):
+        assert handle.result(timeout=5).finish_reason == "cancelled"
+    assert running.result().token_ids and waiting.result().token_ids == []
+
+
+def test_a_failed_forward_ends_every_sequence_with_the_error_and_the_thread_goes_on(nano, monkeypatch):
+    engine = Engine(nano, max_batch=2)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory, say")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.model, "hidden_states", broken)
+        handles = [engine.submit(request) for request in requests_for(nano, [3, 5, 7], [4, 4, 4], GREEDY)]
+        engine.start()
+        for handle in handles:
+            with pytest.raises(RuntimeError, match="^generation failed: out of memory, say$"):
+                handle.result(timeout=30)
+    try:  # the same engine serves the next request
+        request = requests_for(nano, [6], [5], GREEDY)[0]
+        assert engine.submit(request).result(timeout=30).token_ids == alone(nano, request)
+    finally:
+        engine.shutdown()
+
+
 def test_generate_while_the_thread_runs_and_zero_new_tokens(nano):
     requests = requests_for(nano, [4, 7], [10, 0], GREEDY)
     engine = Engine(nano, max_batch=2)

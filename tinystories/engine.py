@@ -358,10 +358,13 @@ class Engine:
         with self._condition:
             while self._waiting and (self._waiting[0].handle.cancel_requested or len(self._rows) < self.max_batch):
                 sequence = self._waiting.popleft()
+                if sequence.handle.cancel_requested:  # it ends without a slot, which may all be taken
+                    sequence.handle._finish(sequence.result("cancelled"))
+                    continue
                 sequence.started = time.perf_counter()
                 self._rows.append(sequence)
-                if sequence.request.max_new_tokens == 0 or sequence.handle.cancel_requested:
-                    self._finish(len(self._rows) - 1, "cancelled" if sequence.handle.cancel_requested else "length")
+                if sequence.request.max_new_tokens == 0:
+                    self._finish(len(self._rows) - 1, "length")
         self.max_active_seen = max(self.max_active_seen, len(self._rows))
 
     @torch.inference_mode()
