@@ -2,6 +2,7 @@
 `sample_tokens` gives it alone (greedy and seeded sampling), whatever joins, ends, slides or is cancelled
 around it; stop strings, logprobs (against a hand-computed log-softmax), threads and the memory check."""
 import threading
+import time
 
 import pytest
 import torch
@@ -252,6 +253,14 @@ def test_cancelling_a_waiting_sequence_while_every_slot_is_busy_spares_the_other
     engine.run()
     assert running.result().token_ids == alone(nano, requests[0])
     assert waiting.result().finish_reason == "cancelled" and waiting.result().token_ids == []
+
+
+def test_waiting_for_a_result_times_out_when_nothing_steps(nano):
+    handle = Engine(nano, max_batch=1).submit(GenerationRequest([1, 2], 3, GREEDY))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="^the sequence has not finished$"):
+        handle.result(timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < 5 and not handle.done and not handle.cancel_requested
 
 
 def test_shutdown_stops_the_thread_and_cancels_running_and_waiting_sequences(nano):
