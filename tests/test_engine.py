@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from model.model import Model, preset
-from tinystories.engine import (Engine, GenerationRequest, check_cache_fits, kv_cache_bytes, sequence_seed)
+from tinystories.engine import (Engine, GenerationRequest, _held_back, check_cache_fits, kv_cache_bytes,
+                                sequence_seed)
 from tinystories.errors import UserError
 from tinystories.sampling import SamplingConfig, decoding_model, sample_tokens
 from tinystories.tokenizer import EOT_ID, get_tokenizer
@@ -159,6 +160,25 @@ def test_stop_strings_cut_the_text_and_are_never_streamed(tiny):
     assert result.finish_reason == "stop" and result.text == full[:cut]
     assert "".join(pieces) == result.text and all(stop not in piece for piece in pieces)
     assert result.token_ids == ids[:len(result.token_ids)] and len(result.token_ids) < 40
+
+
+def test_a_stop_string_at_the_very_start_leaves_no_text(tiny):
+    [prompt] = prompts(tiny, [6], seed=3)
+    full = get_tokenizer().decode(alone(tiny, GenerationRequest(prompt, 40, GREEDY, stop_at_eos=False)))
+    started = time.perf_counter()
+    result = Engine(tiny, max_batch=1).generate([GenerationRequest(prompt, 40, GREEDY, stop_at_eos=False,
+                                                                   stop=[full[:3]])])[0]
+    assert (result.text, result.finish_reason) == ("", "stop") and 0 < len(result.token_ids) <= 3
+    assert 0 < result.seconds < time.perf_counter() - started
+
+
+def test_held_back_is_the_longest_end_of_the_text_that_could_start_a_stop_string():
+    assert _held_back("The cat", ["tiger"]) == 1
+    assert _held_back("The cat", ["dog"]) == 0
+    assert _held_back("Once upon", ["on a time", "pony"]) == 3  # "pon" of "pony"; "on" of "on a time" is shorter
+    assert _held_back("Once upon", ["upon a time", "on a"]) == 4
+    assert _held_back("xa", ["ab"]) == 1
+    assert _held_back("xab", ["ab"]) == 0  # a whole stop string is cut, not held back
 
 
 def test_logprobs_match_a_hand_computed_log_softmax():
