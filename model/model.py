@@ -179,8 +179,6 @@ class SlotKVCache:
                                        dtype=torch.long, device=device)
         if not decoding:
             return
-        self._rows = torch.tensor(decoding, device=device)
-        self._past = self._positions[:len(decoding)]
         # Decoding attends over rows 0..n-1 of the cache as one view (no copy); a row that is not decoding
         # gets a zero query that sees position 0 only, and its output is dropped.
         n = max(decoding) + 1
@@ -189,6 +187,8 @@ class SlotKVCache:
         self._same_length = past[0] if self._every_row and len(set(past)) == 1 else None
         if self._same_length is not None:
             return
+        self._rows = torch.tensor(decoding, device=device)
+        self._past = self._positions[:len(decoding)]
         visible = torch.zeros(n, max(past) + 1, dtype=torch.bool, device=device)
         visible[:, 0] = True
         visible[self._rows] = torch.arange(visible.shape[1], device=device) <= self._past[:, None]
