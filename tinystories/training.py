@@ -131,8 +131,8 @@ def training_data(config: TrainConfig, data_config: DataConfig, model_config: Co
                   device: torch.device) -> TrainingData:
     """Token files (rank 0 prepares missing ones first; the others wait, then reuse them), checked against the
     model's vocabulary, and the batches drawn from them."""
-    data_dir = main_first(lambda: prepare_data(data_config), lambda: prepare_data(data_config, progress=False, report=False),
-                          distributed)
+    data_dir = main_first(lambda: prepare_data(data_config),
+                          lambda: prepare_data(data_config, progress=False, report=False), distributed)
     splits = {split: load_tokens(data_dir, split) for split in ("train", "validation")}
     for split, tokens in splits.items():
         require_token_ids_within(int(tokens.max()) if len(tokens) else 0, model_config.vocab_size,
