@@ -132,6 +132,69 @@ def test_stream_helpers(tokens):
     assert byte_count(tokens) == sum(len(story.encode()) for story in STORIES) + 4
 
 
+def stories_by_hand(stream: list[int]) -> list[list[int]]:
+    """The stream cut after each <|endoftext|>, an unterminated tail as a last story."""
+    stories, story = [], []
+    for token in stream:
+        story.append(token)
+        if token == EOT_ID:
+            stories.append(story)
+            story = []
+    return stories + [story] if story else stories
+
+
+@pytest.mark.parametrize("scan_chunk", [1, 5, 7, 1 << 22])
+def test_stream_helpers_read_stories_across_scan_chunks(tokens, scan_chunk, monkeypatch):
+    # Small chunks put story ends in different chunks, and exactly at chunk edges.
+    monkeypatch.setattr(evaluation, "SCAN_CHUNK", scan_chunk)
+    unterminated = np.concatenate([tokens, tokens[:5]])
+    for stream in (tokens, unterminated):
+        stories = stories_by_hand(stream.tolist())
+        assert count_stories(stream) == len(stories)
+        for count in range(1, len(stories) + 2):
+            expected = [token for story in stories[:count] for token in story]
+            if count <= 4:  # the count-th story is terminated: it ends the result, the tail is cut off
+                assert np.asarray(first_stories(stream, count)).tolist() == expected
+            else:
+                assert np.asarray(first_stories(stream, count)).tolist() == stream.tolist()
+
+
+def test_count_stories_of_empty_and_one_token_streams():
+    assert count_stories(np.array([], dtype=np.uint16)) == 0
+    assert count_stories(np.array([42], dtype=np.uint16)) == 1
+    assert count_stories(np.array([EOT_ID], dtype=np.uint16)) == 1
+
+
+def test_the_processors_out_of_memory_message_halves_the_batch_too_and_other_errors_pass(model, tokens, monkeypatch):
+    real = evaluation._windows_nll
+    failure = {"message": ""}
+
+    def small_memory(subject, chunk, rows, length):
+        if rows > 2:
+            raise RuntimeError(failure["message"])
+        return real(subject, chunk, rows, length)
+
+    longer = np.tile(tokens, 3)
+    monkeypatch.setattr(evaluation, "_windows_nll", small_memory)
+    failure["message"] = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried"
+    assert stream_loss(CheckpointSubject(model), longer, batch_size=8, progress=False).batch_size == 2
+    failure["message"] = "mat1 and mat2 shapes cannot be multiplied"
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        stream_loss(CheckpointSubject(model), longer, batch_size=8, progress=False)
+
+
+def test_broken_weights_and_foreign_token_ids_are_named_in_the_error(model, tokens):
+    broken = Model(preset("tiny", dropout=0.0, block_size=32))
+    with torch.no_grad():
+        broken.final_norm.weight.fill_(float("nan"))
+    with pytest.raises(UserError, match=r"^the model produces non-finite values \(NaN or infinity\) on this data, "
+                                        r"so its loss is nan; its weights are broken"):
+        stream_loss(CheckpointSubject(broken), tokens, batch_size=4, progress=False)
+    nano = Model(preset("nano", dropout=0.0))
+    with pytest.raises(UserError, match="^the data "):
+        stream_loss(CheckpointSubject(nano), tokens, batch_size=4, progress=False)
+
+
 def test_concatenated_tokens_read_as_one_stream(tokens):
     a, b = tokens[:30], tokens[30:]
     joined = ConcatenatedTokens([a, b])
@@ -177,3 +240,18 @@ def test_generation_quality_by_hand():
     assert quality["mean_new_tokens"] == pytest.approx((3 + 3) / 2)  # the final <|endoftext|> is not counted
     assert quality["eos_fraction"] == 0.5
     assert quality["repetition_4"] == 0.0
+
+
+def test_generation_quality_uses_the_n_of_each_metric():
+    # Words a b c d a b c d and a b c: the n-gram counts differ for every n, so a wrong n changes the result.
+    quality = generation_quality(["A b, c d. A b c d!", "a b c"], new_tokens=[9, 4], ended_with_eos=[False, True])
+    assert quality == pytest.approx({
+        "distinct_1": 4 / 11,  # a, b, c, d of 11 words
+        "distinct_2": 4 / 9,  # ab, bc, cd, da of 7 + 2 bigrams
+        "distinct_3": 4 / 7,  # abc, bcd, cda, dab of 6 + 1 trigrams
+        "repetition_4": 2 / 5,  # abcd twice among the first text's 5 4-grams; the second has none
+        "mean_new_tokens": (9 + 3) / 2,
+        "eos_fraction": 0.5,
+    })
+    with pytest.raises(ValueError, match="^no completions to measure$"):
+        generation_quality([], new_tokens=[], ended_with_eos=[])

@@ -208,7 +208,7 @@ def distinct_n(texts: list[list[str]], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def repetition_n(texts: list[list[str]], n: int = 4) -> float:
+def repetition_n(texts: list[list[str]], n: int) -> float:
     """Fraction of n-gram occurrences whose n-gram occurs more than once within the same text."""
     repeated = total = 0
     for text in texts:
