@@ -1,6 +1,7 @@
 """tinystories/run_state.py: generator states round-trip, data fingerprints, stop requests, and a checkpoint to
 resume checked in full before any of it is used (one line naming what is wrong, never a traceback)."""
 import copy
+import dataclasses
 import os
 import random
 import signal
@@ -11,9 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from model.model import Model, preset
 from tinystories.data import DataConfig
+from tinystories.data.batches import WindowBatches
 from tinystories.errors import UserError
-from tinystories.run_state import STOPPING_MESSAGE, StopRequest, data_fingerprint, restore_rng_states, rng_states
+from tinystories.run_state import (STOPPING_MESSAGE, RunIdentity, RunParts, StopRequest, TrainingState,
+                                   check_fits, check_same_data, check_same_run, data_fingerprint, read_resumable,
+                                   restore, restore_rng_states, rng_states, training_checkpoint)
 from tinystories.training import TrainConfig, Trainer
 
 
@@ -42,14 +47,18 @@ def wait_for(condition, seconds=5.0) -> bool:
 
 
 def test_stop_request_acknowledges_the_first_signal_and_stops_now_on_the_second():
-    previous = signal.getsignal(signal.SIGTERM)
-    said, stopped_now = [], []
-    with StopRequest(acknowledge=said.append, stop_now=stopped_now.append) as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert wait_for(lambda: said == [STOPPING_MESSAGE]) and stop.signal_number == signal.SIGTERM
-        os.kill(os.getpid(), signal.SIGINT)
-        assert wait_for(lambda: stopped_now == [signal.SIGTERM])  # with the first signal's number
-    assert signal.getsignal(signal.SIGTERM) is previous
+    # SIGTERM's default action, as in train.py: without StopRequest's own handler the signal would end the process.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        said, stopped_now = [], []
+        with StopRequest(acknowledge=said.append, stop_now=stopped_now.append) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert wait_for(lambda: said == [STOPPING_MESSAGE]) and stop.signal_number == signal.SIGTERM
+            os.kill(os.getpid(), signal.SIGINT)
+            assert wait_for(lambda: stopped_now == [signal.SIGTERM])  # with the first signal's number
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_stop_request_answers_while_the_main_thread_is_inside_one_long_call():
@@ -63,6 +72,54 @@ def test_stop_request_answers_while_the_main_thread_is_inside_one_long_call():
         os.kill(os.getpid(), signal.SIGINT)
         torch.randn(2000, 2000) @ torch.randn(2000, 2000)  # one call into C++
         assert wait_for(lambda: said == [(STOPPING_MESSAGE, False)])  # answered by the thread, not the main one
+
+
+def live_parts(seed: int, tokens: np.ndarray) -> RunParts:
+    torch.manual_seed(seed)
+    model = Model(preset("nano", dropout=0.0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0 * (seed + 1), growth_interval=7 + seed)
+    return RunParts(model, optimizer, scaler, WindowBatches(tokens, block_size=16, batch_size=2, seed=seed))
+
+
+def test_a_training_checkpoint_restores_every_part_and_generator_exactly(tmp_path):
+    """training_checkpoint, then read_resumable, the checks and restore into other live objects, in process."""
+    tokens = np.random.default_rng(0).integers(0, 512, size=2000).astype(np.uint16)
+    saved = live_parts(0, tokens)
+    for _ in range(3):  # optimizer moments and a data position that are not the initial ones
+        inputs, targets = saved.batches.next_batch()
+        saved.model(inputs, targets)[1].backward()
+        saved.optimizer.step()
+        saved.optimizer.zero_grad()
+    state = TrainingState(step=3, best_val_loss=5.5, tokens_seen=96, elapsed_seconds=1.5,
+                          history=[{"step": 2, "val_loss": 5.5}])
+    identity = RunIdentity(dataclasses.asdict(saved.model.config), seed=3, world_batch=[2, 1],
+                           split={"split_seed": 9, "val_fraction": 0.1, "max_stories": 400},
+                           gradient_accumulation_steps=2)
+    generators = rng_states()
+    expected_draws = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint = training_checkpoint(saved, state, [generators], identity, {"train": "f1"},
+                                     {"seed": 3, "gradient_accumulation_steps": 2})
+    path = tmp_path / "checkpoint.pth"
+    torch.save(checkpoint, path)
+
+    loaded = read_resumable(path)
+    assert loaded["data_arguments"] == identity.split and loaded["world_batch"] == [2, 1] and loaded["step"] == 3
+    check_same_run(loaded, path, identity)
+    check_same_data(loaded, path, {"train": "f1"}, tmp_path)
+    resumed = live_parts(1, tokens)
+    check_fits(loaded, path, resumed, world_size=1)
+    assert restore(loaded, resumed, rank=0) == state
+    assert (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()) == \
+        (expected_draws[0].tolist(), expected_draws[1].tolist(), expected_draws[2])
+    for name, tensor in saved.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    live, restored = saved.optimizer.state_dict(), resumed.optimizer.state_dict()
+    assert live["param_groups"] == restored["param_groups"] and live["state"].keys() == restored["state"].keys()
+    for index, moments in live["state"].items():
+        assert all(torch.equal(restored["state"][index][key], value) for key, value in moments.items())
+    assert resumed.scaler.state_dict() == saved.scaler.state_dict()
+    assert resumed.batches.state_dict() == saved.batches.state_dict() == {"epoch": 0, "position": 3}
 
 
 def settings(out_dir, **overrides):
