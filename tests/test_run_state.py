@@ -82,46 +82,6 @@ def live_parts(seed: int, tokens: np.ndarray) -> RunParts:
     return RunParts(model, optimizer, scaler, WindowBatches(tokens, block_size=16, batch_size=2, seed=seed))
 
 
-def test_a_training_checkpoint_restores_every_part_and_generator_exactly(tmp_path):
-    """training_checkpoint, then read_resumable, the checks and restore into other live objects, in process."""
-    tokens = np.random.default_rng(0).integers(0, 512, size=2000).astype(np.uint16)
-    saved = live_parts(0, tokens)
-    for _ in range(3):  # optimizer moments and a data position that are not the initial ones
-        inputs, targets = saved.batches.next_batch()
-        saved.model(inputs, targets)[1].backward()
-        saved.optimizer.step()
-        saved.optimizer.zero_grad()
-    state = TrainingState(step=3, best_val_loss=5.5, tokens_seen=96, elapsed_seconds=1.5,
-                          history=[{"step": 2, "val_loss": 5.5}])
-    identity = RunIdentity(dataclasses.asdict(saved.model.config), seed=3, world_batch=[2, 1],
-                           split={"split_seed": 9, "val_fraction": 0.1, "max_stories": 400},
-                           gradient_accumulation_steps=2)
-    generators = rng_states()
-    expected_draws = (torch.rand(3), np.random.rand(3), random.random())
-    checkpoint = training_checkpoint(saved, state, [generators], identity, {"train": "f1"},
-                                     {"seed": 3, "gradient_accumulation_steps": 2})
-    path = tmp_path / "checkpoint.pth"
-    torch.save(checkpoint, path)
-
-    loaded = read_resumable(path)
-    assert loaded["data_arguments"] == identity.split and loaded["world_batch"] == [2, 1] and loaded["step"] == 3
-    check_same_run(loaded, path, identity)
-    check_same_data(loaded, path, {"train": "f1"}, tmp_path)
-    resumed = live_parts(1, tokens)
-    check_fits(loaded, path, resumed, world_size=1)
-    assert restore(loaded, resumed, rank=0) == state
-    assert (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()) == \
-        (expected_draws[0].tolist(), expected_draws[1].tolist(), expected_draws[2])
-    for name, tensor in saved.model.state_dict().items():
-        assert torch.equal(resumed.model.state_dict()[name], tensor), name
-    live, restored = saved.optimizer.state_dict(), resumed.optimizer.state_dict()
-    assert live["param_groups"] == restored["param_groups"] and live["state"].keys() == restored["state"].keys()
-    for index, moments in live["state"].items():
-        assert all(torch.equal(restored["state"][index][key], value) for key, value in moments.items())
-    assert resumed.scaler.state_dict() == saved.scaler.state_dict()
-    assert resumed.batches.state_dict() == saved.batches.state_dict() == {"epoch": 0, "position": 3}
-
-
 def settings(out_dir, **overrides):
     values = dict(preset="tiny", block_size=32, batch_size=2, gradient_accumulation_steps=1, max_steps=2,
                   eval_interval=2, eval_iters=1, device="cpu", compile="false", out_dir=str(out_dir))
@@ -216,3 +176,86 @@ def test_a_different_split_is_refused_before_the_data_is_touched(saved, tmp_path
     with pytest.raises(UserError, match="trained on a split made with --split_seed 1337"):
         Trainer(settings(tmp_path / "run", resume=str(path)), data)
     assert not (tmp_path / "never_built").exists()
+
+
+TOKENS = np.random.default_rng(0).integers(0, 512, size=2000).astype(np.uint16)
+IDENTITY = RunIdentity(dataclasses.asdict(preset("nano", dropout=0.0)), seed=3, world_batch=[2, 1],
+                       split={"split_seed": 9, "val_fraction": 0.1, "max_stories": 400}, gradient_accumulation_steps=2)
+STATE = TrainingState(step=3, best_val_loss=5.5, tokens_seen=96, elapsed_seconds=1.5,
+                      history=[{"step": 2, "val_loss": 5.5}])
+
+
+def trained_parts() -> RunParts:
+    """Live parts after three steps: optimizer moments and a data position that are not the initial ones."""
+    parts = live_parts(0, TOKENS)
+    for _ in range(3):
+        inputs, targets = parts.batches.next_batch()
+        parts.model(inputs, targets)[1].backward()
+        parts.optimizer.step()
+        parts.optimizer.zero_grad()
+    return parts
+
+
+def test_a_training_checkpoint_restores_every_part_and_generator_exactly(tmp_path):
+    """training_checkpoint, then read_resumable, the checks and restore into other live objects, in process."""
+    saved = trained_parts()
+    generators = rng_states()
+    expected_draws = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint = training_checkpoint(saved, STATE, [generators], IDENTITY, {"train": "f1"},
+                                     {"seed": 3, "gradient_accumulation_steps": 2})
+    path = tmp_path / "checkpoint.pth"
+    torch.save(checkpoint, path)
+
+    loaded = read_resumable(path)
+    assert loaded["data_arguments"] == IDENTITY.split and loaded["world_batch"] == [2, 1] and loaded["step"] == 3
+    check_same_run(loaded, path, IDENTITY)
+    check_same_data(loaded, path, {"train": "f1"}, tmp_path)
+    resumed = live_parts(1, TOKENS)
+    check_fits(loaded, path, resumed, world_size=1)
+    assert restore(loaded, resumed, rank=0) == STATE
+    assert (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()) == \
+        (expected_draws[0].tolist(), expected_draws[1].tolist(), expected_draws[2])
+    for name, tensor in saved.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    live, restored = saved.optimizer.state_dict(), resumed.optimizer.state_dict()
+    assert live["param_groups"] == restored["param_groups"] and live["state"].keys() == restored["state"].keys()
+    for index, moments in live["state"].items():
+        assert all(torch.equal(restored["state"][index][key], value) for key, value in moments.items())
+    assert resumed.scaler.state_dict() == saved.scaler.state_dict()
+    assert resumed.batches.state_dict() == saved.batches.state_dict() == {"epoch": 0, "position": 3}
+
+
+def renumbered_parameters(checkpoint):
+    for group in checkpoint["optimizer"]["param_groups"]:
+        group["params"] = [identifier + 1 for identifier in group["params"]]
+
+
+SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+FIT_EDITS = {
+    "a weight of another shape": (setter("model", "final_norm.weight", value=torch.zeros(3)),
+                                  "weight final_norm.weight has the wrong shape"),
+    "a weight that is not a tensor": (setter("model", "final_norm.weight", value=[1.0]),
+                                      "weight final_norm.weight has the wrong shape"),
+    "parameters numbered from 1": (renumbered_parameters, "its optimizer's parameter numbering is not this model's"),
+    "data position at the end of the epoch": (setter("data_position", "position", value=None),
+                                              "its data position (batch {batches}) is beyond this split's "
+                                              "{batches} batches per epoch"),
+    **{f"scaler without {key}": (lambda c, key=key: c["scaler"].pop(key),
+                                 "its gradient scaler state is incomplete (float16 training needs one)")
+       for key in SCALER_KEYS},
+}
+
+
+@pytest.mark.parametrize("edit, message", FIT_EDITS.values(), ids=FIT_EDITS.keys())
+def test_saved_states_that_do_not_fit_the_live_parts_are_refused_in_one_line(edit, message, tmp_path):
+    parts = trained_parts()  # its scaler is enabled, as float16 training's: its saved state is checked too
+    batches = parts.batches.batches_per_epoch
+    checkpoint = training_checkpoint(parts, STATE, [rng_states()], IDENTITY, {}, {"seed": 3})
+    edit(checkpoint)
+    if checkpoint["data_position"]["position"] is None:
+        checkpoint["data_position"]["position"] = batches  # one past the last batch of the epoch
+    with pytest.raises(UserError) as refused:
+        check_fits(checkpoint, tmp_path / "checkpoint.pth", live_parts(1, TOKENS), world_size=1)
+    assert str(refused.value) == (f"{tmp_path / 'checkpoint.pth'} cannot be resumed: {message.format(batches=batches)} "
+                                  "(an incomplete or edited checkpoint); pass --resume never to start over, or use "
+                                  "another --out_dir")
