@@ -2,6 +2,7 @@
 resume checked in full before any of it is used (one line naming what is wrong, never a traceback)."""
 import copy
 import dataclasses
+import hashlib
 import os
 import random
 import signal
@@ -18,7 +19,8 @@ from tinystories.data.batches import WindowBatches
 from tinystories.errors import UserError
 from tinystories.run_state import (STOPPING_MESSAGE, RunIdentity, RunParts, StopRequest, TrainingState,
                                    check_fits, check_same_data, check_same_run, data_fingerprint, read_resumable,
-                                   restore, restore_rng_states, rng_states, training_checkpoint)
+                                   restore, restore_rng_states, rng_states, seed_everything,
+                                   training_checkpoint)
 from tinystories.training import TrainConfig, Trainer
 
 
@@ -259,3 +261,53 @@ def test_saved_states_that_do_not_fit_the_live_parts_are_refused_in_one_line(edi
     assert str(refused.value) == (f"{tmp_path / 'checkpoint.pth'} cannot be resumed: {message.format(batches=batches)} "
                                   "(an incomplete or edited checkpoint); pass --resume never to start over, or use "
                                   "another --out_dir")
+
+
+def test_a_different_model_or_data_is_refused_naming_what_differs(tmp_path):
+    checkpoint = training_checkpoint(trained_parts(), STATE, [rng_states()], IDENTITY, {"train": "f1"}, {"seed": 3})
+    path = tmp_path / "checkpoint.pth"
+    older = dict(IDENTITY.model_config, n_embd=64)
+    del older["activation"]  # a setting that one of the two does not have differs too
+    checkpoint["config"] = older
+    with pytest.raises(UserError) as refused:
+        check_same_run(checkpoint, path, IDENTITY)
+    assert str(refused.value) == (f"{path} was trained with a different model (activation, n_embd differ); "
+                                  "use the same settings, another --out_dir, or --resume never")
+    with pytest.raises(UserError) as refused:
+        check_same_data(checkpoint, path, {"train": "f2"}, tmp_path / "data")
+    assert str(refused.value) == (f"{path} was trained on different data than {tmp_path / 'data'}; "
+                                  "use the same data, another --out_dir, or --resume never")
+
+
+@pytest.mark.parametrize("length", [10, 2_000_001, 2_500_000])
+def test_data_fingerprint_is_the_sha256_of_length_first_and_last_million_tokens(length):
+    tokens = (np.arange(length) % 50_000).astype(np.uint16)
+    head, tail = tokens[:1_000_000], tokens[max(length - 1_000_000, 0):]
+    digest = hashlib.sha256(str(length).encode() + head.tobytes() + tail.tobytes())
+    assert data_fingerprint(tokens) == digest.hexdigest()[:16]
+
+
+def test_seed_everything_seeds_torch_numpy_and_python():
+    def draws():
+        return torch.rand(2).tolist(), np.random.rand(2).tolist(), random.random()
+    seed_everything(5)
+    first = draws()
+    seed_everything(5)
+    assert draws() == first
+    seed_everything(6)
+    assert all(a != b for a, b in zip(draws(), first))
+
+
+def test_stop_request_keeps_answering_after_another_signals_wakeup_byte():
+    """Other signals with a Python handler write their number to the wakeup pipe too; they are skipped."""
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: None)
+    try:
+        said = []
+        with StopRequest(acknowledge=said.append, stop_now=lambda number: None) as stop:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.2)
+            assert stop.signal_number is None
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert wait_for(lambda: said == [STOPPING_MESSAGE]) and stop.signal_number == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
