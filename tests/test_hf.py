@@ -16,7 +16,7 @@ import tinystories.hf
 
 from model.model import Model, preset
 from tinystories.errors import UserError
-from tinystories.hf import from_hf, load_hf, to_hf
+from tinystories.hf import from_hf, load_hf, save_hf, to_hf
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-5  # fp32 max abs logit difference
@@ -97,16 +97,26 @@ def test_greedy_decoding_gives_the_same_tokens(activation):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A checkpoint written the plain way, and the Hugging Face folder export.py made of it."""
+    """A checkpoint written the plain way, and the Hugging Face folder the library makes of it (in process, so
+    that mutation testing sees save_hf; export.py's own folder is compared with it below)."""
     folder = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
     model = random_model()
     checkpoint = folder / "model.pth"
     torch.save({"model": model.state_dict(), "config": asdict(model.config)}, checkpoint)
-    result = run_export("--model", str(checkpoint), "--out", str(folder / "hf_model"))
-    assert result.returncode == 0, result.stderr
-    assert str(folder / "hf_model") in result.stdout
+    written = save_hf(model, folder / "hf_model")
+    assert written == sorted((folder / "hf_model").iterdir())
     return model, checkpoint, folder / "hf_model"
+
+
+def test_export_py_writes_the_librarys_folder(exported, tmp_path):
+    _, checkpoint, hf_folder = exported
+    result = run_export("--model", str(checkpoint), "--out", str(tmp_path / "hf_model"))
+    assert result.returncode == 0, result.stderr
+    assert str(tmp_path / "hf_model") in result.stdout
+    for path in hf_folder.iterdir():
+        assert (tmp_path / "hf_model" / path.name).read_bytes() == path.read_bytes(), path.name
+    assert sorted(path.name for path in (tmp_path / "hf_model").iterdir()) == sorted(p.name for p in hf_folder.iterdir())
 
 
 def test_exported_folder_holds_the_readmes_files(exported):
