@@ -20,6 +20,7 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="pip install -r requirements
 
 from model.model import Model, preset  # noqa: E402
 from tinystories import llama_cpp_runner  # noqa: E402
+from tinystories.errors import UserError  # noqa: E402
 from tinystories.gguf_export import save_gguf  # noqa: E402
 from tinystories.sampling import SamplingConfig, decoding_model, sample_tokens  # noqa: E402
 from tinystories.tokenizer import get_tokenizer  # noqa: E402
@@ -194,3 +195,18 @@ def test_bench_cpu_inference_section_times_and_compares_every_mode(tmp_path):
         assert 0 <= figures[f"max |logit - ours float32|, {name}"]["median"] < 1
         assert figures[f"greedy token = ours float32's, {name}"]["median"] > 50
     assert "cpu-inference" in result.stdout
+
+
+def test_a_half_precision_model_exports_as_its_float32_values(tmp_path):
+    model = Model(preset("tiny", dropout=0.0, activation="gelu_new")).half()
+    save_gguf(model, tmp_path / "half.gguf", "f32")
+    save_gguf(model.float(), tmp_path / "float.gguf", "f32")
+    assert (tmp_path / "half.gguf").read_bytes() == (tmp_path / "float.gguf").read_bytes()
+
+
+def test_without_the_gguf_package_the_export_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ModuleNotFoundError
+    with pytest.raises(UserError) as refused:
+        save_gguf(Model(preset("tiny", dropout=0.0)), tmp_path / "model.gguf")
+    assert str(refused.value) == "GGUF export needs llama.cpp's gguf package: pip install -r requirements-gguf.txt"
+    assert not (tmp_path / "model.gguf").exists()
