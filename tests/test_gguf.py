@@ -210,3 +210,50 @@ def test_without_the_gguf_package_the_export_says_what_to_install(tmp_path, monk
         save_gguf(Model(preset("tiny", dropout=0.0)), tmp_path / "model.gguf")
     assert str(refused.value) == "GGUF export needs llama.cpp's gguf package: pip install -r requirements-gguf.txt"
     assert not (tmp_path / "model.gguf").exists()
+
+
+def gguf_names(model: Model) -> dict[str, str]:
+    """llama.cpp's gpt2 tensor names (its convert_hf_to_gguf.py naming) -> our state_dict names."""
+    names = {"token_embd.weight": "token_embedding.weight", "position_embd.weight": "position_embedding.weight",
+             "output_norm.weight": "final_norm.weight", "output_norm.bias": "final_norm.bias"}
+    for layer in range(model.config.n_layer):
+        for theirs, ours in (("attn_norm", "attn_norm"), ("attn_qkv", "attn.qkv"), ("attn_output", "attn.out_proj"),
+                             ("ffn_norm", "mlp_norm"), ("ffn_up", "mlp.fc"), ("ffn_down", "mlp.proj")):
+            for kind in ("weight", "bias"):
+                names[f"blk.{layer}.{theirs}.{kind}"] = f"blocks.{layer}.{ours}.{kind}"
+    return names
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
+def test_each_tensor_is_stored_in_the_type_of_its_outtype(outtype, tmp_path):
+    """Vectors stay float32; matrices become f16, or q8_0 where their rows split into blocks of 32 (else f16),
+    read back with the gguf package's own reader."""
+    import gguf
+
+    torch.manual_seed(0)
+    # n_embd 48: rows of 48 values do not split into q8_0's blocks of 32, the 192 of ffn_down's do.
+    model = Model(preset("tiny", dropout=0.0, activation="gelu_new", n_embd=48))
+    save_gguf(model, tmp_path / "model.gguf", outtype)
+    ours = {name: model.state_dict()[our_name].float().numpy() for name, our_name in gguf_names(model).items()}
+    types = gguf.GGMLQuantizationType
+    stored = gguf.GGUFReader(tmp_path / "model.gguf").tensors
+    assert sorted(tensor.name for tensor in stored) == sorted(ours)
+    for tensor in stored:
+        original = ours[tensor.name]
+        if original.ndim == 1 or outtype == "f32":
+            expected_type = types.F32
+        elif outtype == "f16" or original.shape[-1] % 32 != 0:
+            expected_type = types.F16
+        else:
+            expected_type = types.Q8_0
+        assert tensor.tensor_type == expected_type, tensor.name
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(original.shape)
+        if expected_type == types.F32:
+            assert np.array_equal(values, original), tensor.name
+        elif expected_type == types.F16:
+            assert np.array_equal(values, original.astype(np.float16)), tensor.name
+        else:  # a q8_0 block stores round(x / d), d = max |x| / 127 of its 32 values, and d as a float16
+            scales = np.abs(original).reshape(-1, 32).max(axis=1) / 127
+            rounded = scales.astype(np.float16).astype(np.float32)
+            bound = 0.5 * scales + 127 * np.abs(scales - rounded) + 1e-7
+            assert np.all(np.abs(values - original).reshape(-1, 32) <= bound[:, None]), tensor.name
