@@ -311,3 +311,142 @@ def test_stop_request_keeps_answering_after_another_signals_wakeup_byte():
             assert wait_for(lambda: said == [STOPPING_MESSAGE]) and stop.signal_number == signal.SIGTERM
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.fixture(scope="module")
+def resumable():
+    return training_checkpoint(trained_parts(), STATE, [rng_states()], IDENTITY, {"train": "f1"},
+                               {"seed": 3, "gradient_accumulation_steps": 2})
+
+
+def put(*keys, value):
+    """An edit setting checkpoint[keys...] = value (`setter` for paths into lists too)."""
+    return setter(*keys, value=value)
+
+
+RNG = ("rng", 0)
+ENTRY_PROBLEMS = {
+    "two entries missing": (lambda c: [c.pop("rng"), c.pop("scaler")], "'scaler', 'rng' missing"),
+    "optimizer a list": (put("optimizer", value=[]), "'optimizer' is not an optimizer state"),
+    "optimizer state a list": (put("optimizer", "state", value=[]), "'optimizer' is not an optimizer state"),
+    "optimizer groups a mapping": (put("optimizer", "param_groups", value={}), "'optimizer' is not an optimizer state"),
+    "a group without its parameters": (lambda c: c["optimizer"]["param_groups"][0].pop("params"),
+                                       "'optimizer' is not an optimizer state"),
+    "scaler a list": (put("scaler", value=[]), "'scaler' is not a gradient scaler state"),
+    "data position with another key": (put("data_position", "batch", value=0), "'data_position' must be"),
+    "data position a fraction": (put("data_position", "position", value=1.5), "'data_position' must be"),
+    "data position true": (put("data_position", "epoch", value=True), "'data_position' must be"),
+    "rng empty": (put("rng", value=[]), "'rng' must be a list of each process's generator states"),
+    "rng a mapping": (put("rng", value={}), "'rng' must be a list of each process's generator states"),
+    "fingerprint a list": (put("data_fingerprint", value=[]), "'data_fingerprint' must map splits to fingerprints"),
+    "fingerprint a number": (put("data_fingerprint", "train", value=1),
+                             "'data_fingerprint' must map splits to fingerprints"),
+    "world_batch of three": (put("world_batch", value=[2, 1, 1]), "'world_batch' must be [batch size, processes]"),
+    "world_batch of zero processes": (put("world_batch", value=[2, 0]), "'world_batch' must be [batch size, processes]"),
+    "training_arguments without a seed": (put("training_arguments", value={}),
+                                          "'training_arguments' must be a mapping of the training settings, with a "
+                                          "whole-number seed"),
+    "data_arguments a list": (put("data_arguments", value=[]), "'data_arguments' must be a mapping"),
+    "generator states of another kind": (put(*RNG, value=[]), "'rng' entries must hold exactly torch, cuda, numpy "
+                                                             "and python generator states"),
+    "generator states without python": (lambda c: c["rng"][0].pop("python"), "'rng' entries must hold exactly"),
+    "torch state of another type": (put(*RNG, "torch", value=torch.zeros(5056, dtype=torch.int32)),
+                                    "the torch generator state is malformed"),
+    "cuda states a tensor": (put(*RNG, "cuda", value=torch.zeros(3, dtype=torch.uint8)),
+                             "the CUDA generator states are malformed"),
+    "cuda state of another type": (put(*RNG, "cuda", value=[torch.zeros(3)]), "the CUDA generator states are malformed"),
+    "numpy state of 4": (lambda c: c["rng"][0]["numpy"].pop(), "the numpy generator state is malformed"),
+    "numpy generator of another name": (put(*RNG, "numpy", 0, value="PCG64"), "the numpy generator state is malformed"),
+    "numpy keys cut short": (put(*RNG, "numpy", 1, value=torch.zeros(623, dtype=torch.int64)),
+                             "the numpy generator state is malformed"),
+    "numpy position 625": (put(*RNG, "numpy", 2, value=625), "the numpy generator state is malformed"),
+    "numpy position negative": (put(*RNG, "numpy", 2, value=-1), "the numpy generator state is malformed"),
+    "numpy gauss flag a fraction": (put(*RNG, "numpy", 3, value=0.5), "the numpy generator state is malformed"),
+    "numpy cached gaussian an integer": (put(*RNG, "numpy", 4, value=1), "the numpy generator state is malformed"),
+    "python state of 2": (lambda c: c["rng"][0]["python"].pop(), "the Python generator state is malformed"),
+    "python version a string": (put(*RNG, "python", 0, value="3"), "the Python generator state is malformed"),
+    "python words cut short": (lambda c: c["rng"][0]["python"][1].pop(0), "the Python generator state is malformed"),
+    "python word of 33 bits": (put(*RNG, "python", 1, 0, value=2**32), "the Python generator state is malformed"),
+    "python word negative": (put(*RNG, "python", 1, 0, value=-1), "the Python generator state is malformed"),
+    "python gauss an integer": (put(*RNG, "python", 2, value=1), "the Python generator state is malformed"),
+    "training state a list": (put("training_state", value=[]), "'training_state' is not a mapping"),
+    "two unknown entries": (lambda c: c["training_state"].update(lr=1, beta=2),
+                            "'training_state' has unknown entries beta, lr"),
+    "two entries lacking": (lambda c: [c["training_state"].pop(name) for name in ("history", "step")],
+                            "'training_state' lacks step, history"),
+    "step a fraction": (put("training_state", "step", value=1.5), "training_state step must be a whole number >= 0"),
+    "tokens seen negative": (put("training_state", "tokens_seen", value=-1),
+                             "training_state tokens_seen must be a whole number >= 0"),
+    "best loss a string": (put("training_state", "best_val_loss", value="low"),
+                           "training_state best_val_loss must be a number"),
+    "elapsed infinite": (put("training_state", "elapsed_seconds", value=float("inf")),
+                         "training_state elapsed_seconds must be a finite number >= 0"),
+    "elapsed negative": (put("training_state", "elapsed_seconds", value=-0.5),
+                         "training_state elapsed_seconds must be a finite number >= 0"),
+    "history a mapping": (put("training_state", "history", value={}),
+                          "training_state history must be a list of evaluation records"),
+    "history of numbers": (put("training_state", "history", value=[1]),
+                           "training_state history must be a list of evaluation records"),
+}
+
+
+@pytest.mark.parametrize("edit, problem", ENTRY_PROBLEMS.values(), ids=ENTRY_PROBLEMS.keys())
+def test_each_check_of_a_resumable_checkpoint_names_its_problem(edit, problem, resumable, tmp_path):
+    checkpoint = copy.deepcopy(resumable)
+    edit(checkpoint)
+    path = tmp_path / "checkpoint.pth"
+    torch.save(checkpoint, path)
+    with pytest.raises(UserError) as refused:
+        read_resumable(path)
+    text = str(refused.value)
+    assert text.startswith(f"{path} cannot be resumed: {problem}") and text.endswith(
+        " (an incomplete or edited checkpoint); pass --resume never to start over, or use another --out_dir"), text
+
+
+BOUNDARIES = {
+    "step 0, nothing seen, no time": lambda c: c["training_state"].update(step=0, tokens_seen=0, elapsed_seconds=0.0),
+    "numpy position 0": put(*RNG, "numpy", 2, value=0),
+    "numpy position 624": put(*RNG, "numpy", 2, value=624),
+    "python position 624": put(*RNG, "python", 1, 624, value=624),
+    "python gauss cached": put(*RNG, "python", 2, value=0.25),
+    "no CUDA states": put(*RNG, "cuda", value=[]),
+    "an older checkpoint without data_arguments": without("data_arguments"),
+}
+
+
+@pytest.mark.parametrize("edit", BOUNDARIES.values(), ids=BOUNDARIES.keys())
+def test_values_at_the_edge_of_each_check_are_accepted(edit, resumable, tmp_path):
+    checkpoint = copy.deepcopy(resumable)
+    edit(checkpoint)
+    torch.save(checkpoint, tmp_path / "checkpoint.pth")
+    assert read_resumable(tmp_path / "checkpoint.pth").keys() == checkpoint.keys()
+
+
+RUN_CHANGES = {
+    "another seed": ({"seed": 4}, "was trained with --seed 3; resuming exactly needs the same seed (it sets the data "
+                                  "order and dropout)"),
+    "another batch": ({"world_batch": [4, 1]}, "was trained with batch size and processes [2, 1]; resuming exactly "
+                                               "needs the same (4, 1)"),
+    "more processes": ({"world_batch": [2, 2]}, "was trained with batch size and processes [2, 1]; resuming exactly "
+                                                "needs the same (2, 2)"),
+    "another accumulation": ({"gradient_accumulation_steps": 4}, "was trained with --gradient_accumulation_steps 2; "
+                             "resuming exactly needs the same (it sets the effective batch of every optimizer step)"),
+    "another split": ({"split": {"split_seed": 10, "val_fraction": 0.1, "max_stories": 500}},
+                      "was trained on a split made with --split_seed 9, --max_stories 400; resuming needs the same "
+                      "data (use the same settings, another --out_dir, or --resume never)"),
+}
+
+
+@pytest.mark.parametrize("changes, message", RUN_CHANGES.values(), ids=RUN_CHANGES.keys())
+def test_each_setting_that_would_change_the_run_is_refused_in_one_line(changes, message, resumable, tmp_path):
+    with pytest.raises(UserError) as refused:
+        check_same_run(resumable, tmp_path / "c.pth", dataclasses.replace(IDENTITY, **changes))
+    assert str(refused.value) == f"{tmp_path / 'c.pth'} {message}"
+
+
+def test_settings_an_older_checkpoint_did_not_record_are_not_compared(resumable, tmp_path):
+    older = copy.deepcopy(resumable)
+    del older["training_arguments"]["gradient_accumulation_steps"], older["data_arguments"]["max_stories"]
+    identity = dataclasses.replace(IDENTITY, gradient_accumulation_steps=8,
+                                   split=dict(IDENTITY.split, max_stories=None, new_setting=1))
+    check_same_run(older, tmp_path / "c.pth", identity)
