@@ -279,3 +279,31 @@ def test_config_json_that_is_not_an_object_is_refused(exported, tmp_path, text, 
     folder = replaced_config(exported[2], tmp_path / "edited", text)
     with pytest.raises(UserError, match=message):
         load_hf(str(folder))
+
+
+def test_weights_that_do_not_fit_their_config_are_named(exported, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = edited_config(exported[2], tmp_path / "narrow", n_embd=32)
+    with pytest.raises(UserError) as refused:  # the first mismatched weight by name
+        load_hf(str(folder))
+    assert str(refused.value) == f"{folder}: transformer.h.0.attn.c_attn.bias has shape (192,) but its config.json " \
+                                 "implies (96,)"
+    folder = edited_config(exported[2], tmp_path / "missing")
+    weights = load_file(folder / "model.safetensors")
+    for name in sorted(weights)[:4]:
+        del weights[name]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(UserError) as refused:  # the first three missing weights by name
+        load_hf(str(folder))
+    assert str(refused.value) == f"{folder}: weights are missing: transformer.h.0.attn.c_attn.bias, " \
+                                 "transformer.h.0.attn.c_attn.weight, transformer.h.0.attn.c_proj.bias"
+    folder = edited_config(exported[2], tmp_path / "corrupt")
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(UserError, match=r": weights could not be loaded: Error while deserializing header"):
+        load_hf(str(folder))
+
+
+def test_an_errors_last_line_or_its_type_is_what_the_user_sees():
+    assert tinystories.hf._last_line(ValueError("first\n  second  \n last one ")) == "last one"
+    assert tinystories.hf._last_line(ValueError("  ")) == "ValueError"
