@@ -19,7 +19,7 @@ from tinystories.data.batches import WindowBatches
 from tinystories.errors import UserError
 from tinystories.run_state import (STOPPING_MESSAGE, RunIdentity, RunParts, StopRequest, TrainingState,
                                    check_fits, check_same_data, check_same_run, data_fingerprint, read_resumable,
-                                   restore, restore_rng_states, rng_states, seed_everything,
+                                   restore, restore_rng_states, rng_states, seed_everything, split_settings,
                                    training_checkpoint)
 from tinystories.training import TrainConfig, Trainer
 
@@ -450,3 +450,12 @@ def test_settings_an_older_checkpoint_did_not_record_are_not_compared(resumable,
     identity = dataclasses.replace(IDENTITY, gradient_accumulation_steps=8,
                                    split=dict(IDENTITY.split, max_stories=None, new_setting=1))
     check_same_run(older, tmp_path / "c.pth", identity)
+
+
+def test_split_settings_are_named_by_train_pys_flags():
+    from train import parse_arguments
+
+    settings = split_settings(DataConfig(seed=7, val_fraction=0.2, max_stories=30))
+    assert settings == {"split_seed": 7, "val_fraction": 0.2, "max_stories": 30}
+    _, data_config = parse_arguments([arg for name, value in settings.items() for arg in (f"--{name}", str(value))])
+    assert split_settings(data_config) == settings
