@@ -219,9 +219,39 @@ def test_untied_output_layer_is_refused():
         vocab_size=100, n_positions=16, n_embd=8, n_layer=1, n_head=2, tie_word_embeddings=False,
         bos_token_id=None, eos_token_id=None))
     with torch.no_grad():
+        hf_model.lm_head.weight.copy_(hf_model.transformer.wte.weight)
+    assert torch.equal(from_hf(hf_model).lm_head.weight, hf_model.lm_head.weight)  # untied but equal: converts
+    with torch.no_grad():
         hf_model.lm_head.weight.add_(1.0)
-    with pytest.raises(UserError, match="not tied"):
+    with pytest.raises(UserError) as refused:
         from_hf(hf_model)
+    assert str(refused.value) == ("this GPT-2 model cannot be converted: its output layer is not tied to the token "
+                                  "embedding")
+
+
+def test_load_hf_in_process_gives_back_every_weight(exported):
+    model, _, hf_folder = exported
+    loaded = load_hf(str(hf_folder))
+    assert loaded.config == model.config
+    assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def test_a_folder_whose_config_names_no_model_type_is_refused(exported, tmp_path):
+    folder = edited_config(exported[2], tmp_path / "untyped")
+    config = json.loads((folder / "config.json").read_text())
+    del config["model_type"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as refused:
+        load_hf(str(folder))
+    assert str(refused.value) == f"{folder} has no Hugging Face model config (config.json)"
+
+
+def test_only_the_cache_is_asked_for_a_repo_id_when_the_hub_is_unreachable(monkeypatch, tmp_path):
+    monkeypatch.setattr(tinystories.hf, "hub_resolves", lambda: False)
+    assert tinystories.hf._offline_options("someone/tiny-gpt2") == {"local_files_only": True}
+    assert tinystories.hf._offline_options(str(tmp_path)) == {}  # a folder needs no Hub
+    monkeypatch.setattr(tinystories.hf, "hub_resolves", lambda: True)
+    assert tinystories.hf._offline_options("someone/tiny-gpt2") == {}
 
 
 def test_unwritable_out_is_refused_before_converting(exported, tmp_path, read_only_folder):
