@@ -337,3 +337,42 @@ def test_weights_that_do_not_fit_their_config_are_named(exported, tmp_path):
 def test_an_errors_last_line_or_its_type_is_what_the_user_sees():
     assert tinystories.hf._last_line(ValueError("first\n  second  \n last one ")) == "last one"
     assert tinystories.hf._last_line(ValueError("  ")) == "ValueError"
+
+
+GPT2_VARIANTS = {
+    "relu": ({"activation_function": "relu"},
+             "activation 'relu' is not one of gelu, gelu_new, gelu_pytorch_tanh"),
+    "a wider MLP": ({"n_inner": 300}, "n_inner is 300, but the MLP must be 4 * n_embd = 256 wide"),
+    "cross-attention": ({"add_cross_attention": True}, "it has cross-attention layers"),
+    "unscaled attention": ({"scale_attn_weights": False}, "its attention scores are not scaled by 1/sqrt(head size)"),
+    "attention scaled by layer": ({"scale_attn_by_inverse_layer_idx": True},
+                                  "its attention scores are not scaled by 1/sqrt(head size)"),
+}
+
+
+@pytest.mark.parametrize("changes, reason", GPT2_VARIANTS.values(), ids=GPT2_VARIANTS.keys())
+def test_gpt2_variants_our_model_cannot_compute_are_refused_with_the_reason(changes, reason):
+    hf_config = transformers.GPT2Config(vocab_size=100, n_positions=16, n_embd=64, n_layer=1, n_head=2,
+                                        bos_token_id=None, eos_token_id=None, **changes)
+    with pytest.raises(UserError) as refused:
+        tinystories.hf.config_from_gpt2(hf_config)
+    assert str(refused.value) == f"this GPT-2 model cannot be converted: {reason}"
+
+
+def test_gpt2_settings_that_change_nothing_convert():
+    hf_config = transformers.GPT2Config(vocab_size=100, n_positions=16, n_embd=64, n_layer=3, n_head=4, n_inner=256,
+                                        activation_function="gelu_pytorch_tanh", scale_attn_weights=True,
+                                        layer_norm_epsilon=1e-6, resid_pdrop=0.2, bos_token_id=None, eos_token_id=None)
+    assert tinystories.hf.config_from_gpt2(hf_config) == preset(
+        "tiny", vocab_size=100, block_size=16, n_layer=3, n_head=4, activation="gelu_new", layer_norm_epsilon=1e-6,
+        dropout=0.2)
+
+
+def test_a_gpt2_model_without_one_of_its_parameters_is_refused():
+    hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=100, n_positions=16, n_embd=8, n_layer=1, n_head=2, bos_token_id=None, eos_token_id=None))
+    del hf_model.transformer.h[0].ln_1.bias
+    hf_model.transformer.h[0].ln_1.bias = None
+    with pytest.raises(UserError) as refused:
+        from_hf(hf_model)
+    assert str(refused.value) == "this GPT-2 model cannot be converted: it has no parameter transformer.h.0.ln_1.bias"
