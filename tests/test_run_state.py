@@ -362,6 +362,8 @@ ENTRY_PROBLEMS = {
     "numpy keys cut short": (put(*RNG, "numpy", 1, value=torch.zeros(623, dtype=torch.int64)),
                              "the numpy generator state is malformed"),
     "numpy position 625": (put(*RNG, "numpy", 2, value=625), "the numpy generator state is malformed"),
+    "numpy position a float": (put(*RNG, "numpy", 2, value=3.0), "the numpy generator state is malformed"),
+    "python position 625": (put(*RNG, "python", 1, 624, value=625), "the Python generator state is malformed"),
     "numpy position negative": (put(*RNG, "numpy", 2, value=-1), "the numpy generator state is malformed"),
     "numpy gauss flag a fraction": (put(*RNG, "numpy", 3, value=0.5), "the numpy generator state is malformed"),
     "numpy cached gaussian an integer": (put(*RNG, "numpy", 4, value=1), "the numpy generator state is malformed"),
@@ -411,6 +413,7 @@ BOUNDARIES = {
     "numpy position 624": put(*RNG, "numpy", 2, value=624),
     "python position 624": put(*RNG, "python", 1, 624, value=624),
     "python gauss cached": put(*RNG, "python", 2, value=0.25),
+    "python word 0": put(*RNG, "python", 1, 0, value=0),
     "no CUDA states": put(*RNG, "cuda", value=[]),
     "an older checkpoint without data_arguments": without("data_arguments"),
 }
@@ -463,3 +466,12 @@ def test_split_settings_are_named_by_train_pys_flags():
     assert settings == {"split_seed": 7, "val_fraction": 0.2, "max_stories": 30}
     _, data_config = parse_arguments([arg for name, value in settings.items() for arg in (f"--{name}", str(value))])
     assert split_settings(data_config) == settings
+
+
+def test_a_weights_only_checkpoint_is_not_resumed(resumable, tmp_path):
+    path = tmp_path / "best_model.pth"
+    torch.save({"model": resumable["model"], "config": resumable["config"]}, path)
+    with pytest.raises(UserError) as refused:
+        read_resumable(path)
+    assert str(refused.value) == (f"{path} holds model weights only, not a training state to resume; "
+                                  "pass --resume never to start over")
