@@ -376,3 +376,10 @@ def test_a_gpt2_model_without_one_of_its_parameters_is_refused():
     with pytest.raises(UserError) as refused:
         from_hf(hf_model)
     assert str(refused.value) == "this GPT-2 model cannot be converted: it has no parameter transformer.h.0.ln_1.bias"
+
+
+def test_a_tokenizer_with_one_token_more_than_gpt2s_is_not_gpt2s():
+    tokenizer = tinystories.hf.gpt2_tokenizer(model_max_length=128)
+    assert tinystories.hf.encodes_like_gpt2(tokenizer)
+    tokenizer.add_tokens(["<|pad|>"])  # the sample text's ids and <|endoftext|>'s id are unchanged
+    assert not tinystories.hf.encodes_like_gpt2(tokenizer)
