@@ -383,3 +383,33 @@ def test_a_tokenizer_with_one_token_more_than_gpt2s_is_not_gpt2s():
     assert tinystories.hf.encodes_like_gpt2(tokenizer)
     tokenizer.add_tokens(["<|pad|>"])  # the sample text's ids and <|endoftext|>'s id are unchanged
     assert not tinystories.hf.encodes_like_gpt2(tokenizer)
+
+
+def test_save_hf_writes_the_readmes_files_and_gpt2s_original_tokenizer_files(tmp_path):
+    from tinystories.tokenizer import bpe_file_paths
+
+    model = random_model()
+    folder = tmp_path / "hf_model"
+    assert [path.name for path in save_hf(model, folder)] == sorted([
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "vocab.json", "merges.txt"])
+    paths = bpe_file_paths()
+    assert (folder / "vocab.json").read_bytes() == paths["encoder.json"].read_bytes()
+    assert (folder / "merges.txt").read_bytes() == paths["vocab.bpe"].read_bytes()
+    assert transformers.AutoTokenizer.from_pretrained(folder).model_max_length == model.config.block_size
+
+
+def test_a_full_disk_while_writing_the_folder_is_one_line(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        with pytest.raises(UserError) as refused:
+            save_hf(random_model(), small / "hf_model")
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+    message = str(refused.value)  # safetensors words it "... I/O error: No space left on device (os error 28)"
+    assert message.startswith(f"could not write the model folder {small / 'hf_model'}: ") and "\n" not in message
+    assert "No space left on device" in message
+    assert message.endswith("; the files in it are incomplete (the checkpoint is unchanged)")

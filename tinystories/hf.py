@@ -286,6 +286,7 @@ def save_hf(model: Model, out_dir: str | os.PathLike) -> list[Path]:
     `GPT2LMHeadModel.from_pretrained(out_dir)` and `AutoTokenizer.from_pretrained(out_dir)` load it offline.
     """
     transformers = _transformers()
+    from safetensors import SafetensorError  # what transformers' weight writer raises, a full disk included
     folder = ensure_folder(out_dir)
     try:
         to_hf(model).save_pretrained(folder)
@@ -294,8 +295,9 @@ def save_hf(model: Model, out_dir: str | os.PathLike) -> list[Path]:
         paths = bpe_file_paths()
         shutil.copyfile(paths["encoder.json"], folder / "vocab.json")
         shutil.copyfile(paths["vocab.bpe"], folder / "merges.txt")
-    except OSError as error:
-        raise UserError(f"could not write the model folder {out_dir}: {error.strerror or error}; "
+    except (OSError, SafetensorError) as error:
+        reason = getattr(error, "strerror", None) or first_line(error)
+        raise UserError(f"could not write the model folder {out_dir}: {reason}; "
                         "the files in it are incomplete (the checkpoint is unchanged)") from None
 
     if not encodes_like_gpt2(transformers.AutoTokenizer.from_pretrained(folder)):
