@@ -413,3 +413,10 @@ def test_a_full_disk_while_writing_the_folder_is_one_line(tmp_path):
     assert message.startswith(f"could not write the model folder {small / 'hf_model'}: ") and "\n" not in message
     assert "No space left on device" in message
     assert message.endswith("; the files in it are incomplete (the checkpoint is unchanged)")
+
+
+def test_gpt2_config_names_end_of_text_only_within_the_vocabulary():
+    for vocab_size, end_of_text in ((50257, 50256), (50256, None), (512, None)):
+        hf_config = tinystories.hf.gpt2_config(preset("tiny", vocab_size=vocab_size))
+        assert (hf_config.bos_token_id, hf_config.eos_token_id) == (end_of_text, end_of_text)
+        assert hf_config.n_positions == hf_config.n_ctx == 128
