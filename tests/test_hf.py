@@ -420,3 +420,13 @@ def test_gpt2_config_names_end_of_text_only_within_the_vocabulary():
         hf_config = tinystories.hf.gpt2_config(preset("tiny", vocab_size=vocab_size))
         assert (hf_config.bos_token_id, hf_config.eos_token_id) == (end_of_text, end_of_text)
         assert hf_config.n_positions == hf_config.n_ctx == 128
+
+
+def test_weights_beyond_what_the_config_uses_are_named(exported, tmp_path):
+    folder = edited_config(exported[2], tmp_path / "one_layer", n_layer=1)  # the weights hold two layers
+    with pytest.raises(UserError) as refused:
+        load_hf(str(folder))
+    prefix = f"{folder} holds weights its config.json does not use: "
+    assert str(refused.value).startswith(prefix)
+    names = str(refused.value)[len(prefix):].split(", ")  # the first three by name, all of the second layer
+    assert len(names) == 3 and names == sorted(names) and all(name.startswith("transformer.h.1.") for name in names)
