@@ -420,6 +420,35 @@ def test_gpt2_config_names_end_of_text_only_within_the_vocabulary():
         hf_config = tinystories.hf.gpt2_config(preset("tiny", vocab_size=vocab_size))
         assert (hf_config.bos_token_id, hf_config.eos_token_id) == (end_of_text, end_of_text)
         assert hf_config.n_positions == hf_config.n_ctx == 128
+    hf_config = tinystories.hf.gpt2_config(preset("tiny", dropout=0.2, layer_norm_epsilon=1e-6, activation="gelu_new"))
+    assert (hf_config.n_embd, hf_config.n_layer, hf_config.n_head, hf_config.n_inner) == (64, 2, 2, None)
+    assert (hf_config.activation_function, hf_config.layer_norm_epsilon) == ("gelu_new", 1e-6)
+    assert (hf_config.resid_pdrop, hf_config.embd_pdrop, hf_config.attn_pdrop) == (0.2, 0.2, 0.2)
+    assert hf_config.tie_word_embeddings is True
+
+
+def test_copying_parameters_checks_names_and_shapes():
+    model = Model(preset("nano", dropout=0.0))
+    values = {name: torch.zeros_like(parameter) for name, parameter in model.named_parameters()}
+    for name in sorted(values)[:4]:
+        values[f"extra.{name}"] = values.pop(name)
+    with pytest.raises(ValueError) as refused:  # a mapping mistake of ours, not the user's
+        tinystories.hf._copy_parameters(model, values)
+    missing = sorted(name for name, _ in model.named_parameters())[:3]
+    assert str(refused.value) == (f"parameter names differ: missing {missing}, "
+                                  f"unexpected {['extra.' + name for name in missing]}")
+    values = {name: torch.zeros_like(parameter) for name, parameter in model.named_parameters()}
+    values["final_norm.weight"] = torch.zeros(5)
+    with pytest.raises(UserError) as refused:
+        tinystories.hf._copy_parameters(model, values)
+    assert str(refused.value) == "final_norm.weight has shape (5,), expected (32,)"
+
+
+def test_without_transformers_the_interop_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ModuleNotFoundError
+    with pytest.raises(UserError) as refused:
+        to_hf(Model(preset("nano", dropout=0.0)))
+    assert str(refused.value) == "Hugging Face interop needs transformers: pip install -r requirements-dev.txt"
 
 
 def test_weights_beyond_what_the_config_uses_are_named(exported, tmp_path):
