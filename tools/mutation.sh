@@ -28,8 +28,9 @@ export OMP_NUM_THREADS=1
 # shellcheck disable=SC2086  # MUTANTS is a list of names
 nice -n 10 mutmut run --max-children "${MUTATION_JOBS:-1}" ${MUTANTS:-} > mutmut-run.log 2>&1 || { tail -30 mutmut-run.log; exit 1; }
 mutmut results --all true > mutmut-results.txt
-# A mutant that makes the tests time out (an endless loop) is detected too.
-detected=$(grep -cE ': (killed|timeout)$' mutmut-results.txt || true)
-tried=$(grep -cE ': (killed|timeout|survived|suspicious)$' mutmut-results.txt || true)
+# A mutant that makes the tests time out (an endless loop) or kills their process by a signal (mutmut says
+# "segfault", e.g. a signal handler not installed) is detected too.
+detected=$(grep -cE ': (killed|timeout|segfault)$' mutmut-results.txt || true)
+tried=$(grep -cE ': (killed|timeout|segfault|survived|suspicious)$' mutmut-results.txt || true)
 echo "$module: $detected of $tried mutants detected ($(( tried ? 100 * detected / tried : 0 ))%); work folder $work"
-grep -vE ': (killed|timeout)$' mutmut-results.txt || true
+grep -vE ': (killed|timeout|segfault)$' mutmut-results.txt || true
