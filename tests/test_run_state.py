@@ -183,6 +183,7 @@ def test_a_different_split_is_refused_before_the_data_is_touched(saved, tmp_path
 TOKENS = np.random.default_rng(0).integers(0, 512, size=2000).astype(np.uint16)
 IDENTITY = RunIdentity(dataclasses.asdict(preset("nano", dropout=0.0)), seed=3, world_batch=[2, 1],
                        split={"split_seed": 9, "val_fraction": 0.1, "max_stories": 400}, gradient_accumulation_steps=2)
+BATCHES_PER_EPOCH = live_parts(0, TOKENS).batches.batches_per_epoch  # position BATCHES_PER_EPOCH is one too far
 STATE = TrainingState(step=3, best_val_loss=5.5, tokens_seen=96, elapsed_seconds=1.5,
                       history=[{"step": 2, "val_loss": 5.5}])
 
@@ -241,9 +242,9 @@ FIT_EDITS = {
     "a weight that is not a tensor": (setter("model", "final_norm.weight", value=[1.0]),
                                       "weight final_norm.weight has the wrong shape"),
     "parameters numbered from 1": (renumbered_parameters, "its optimizer's parameter numbering is not this model's"),
-    "data position at the end of the epoch": (setter("data_position", "position", value=None),
-                                              "its data position (batch {batches}) is beyond this split's "
-                                              "{batches} batches per epoch"),
+    "data position at the end of the epoch": (setter("data_position", "position", value=BATCHES_PER_EPOCH),
+                                              f"its data position (batch {BATCHES_PER_EPOCH}) is beyond this "
+                                              f"split's {BATCHES_PER_EPOCH} batches per epoch"),
     **{f"scaler without {key}": (lambda c, key=key: c["scaler"].pop(key),
                                  "its gradient scaler state is incomplete (float16 training needs one)")
        for key in SCALER_KEYS},
@@ -251,16 +252,12 @@ FIT_EDITS = {
 
 
 @pytest.mark.parametrize("edit, message", FIT_EDITS.values(), ids=FIT_EDITS.keys())
-def test_saved_states_that_do_not_fit_the_live_parts_are_refused_in_one_line(edit, message, tmp_path):
-    parts = trained_parts()  # its scaler is enabled, as float16 training's: its saved state is checked too
-    batches = parts.batches.batches_per_epoch
-    checkpoint = training_checkpoint(parts, STATE, [rng_states()], IDENTITY, {}, {"seed": 3})
+def test_saved_states_that_do_not_fit_the_live_parts_are_refused_in_one_line(edit, message, resumable, tmp_path):
+    checkpoint = copy.deepcopy(resumable)
     edit(checkpoint)
-    if checkpoint["data_position"]["position"] is None:
-        checkpoint["data_position"]["position"] = batches  # one past the last batch of the epoch
-    with pytest.raises(UserError) as refused:
+    with pytest.raises(UserError) as refused:  # the live scaler is enabled, as float16 training's: its state is checked
         check_fits(checkpoint, tmp_path / "checkpoint.pth", live_parts(1, TOKENS), world_size=1)
-    assert str(refused.value) == (f"{tmp_path / 'checkpoint.pth'} cannot be resumed: {message.format(batches=batches)} "
+    assert str(refused.value) == (f"{tmp_path / 'checkpoint.pth'} cannot be resumed: {message} "
                                   "(an incomplete or edited checkpoint); pass --resume never to start over, or use "
                                   "another --out_dir")
 
@@ -321,75 +318,74 @@ def resumable():
                                {"seed": 3, "gradient_accumulation_steps": 2})
 
 
-def put(*keys, value):
-    """An edit setting checkpoint[keys...] = value (`setter` for paths into lists too)."""
-    return setter(*keys, value=value)
-
-
 RNG = ("rng", 0)
 ENTRY_PROBLEMS = {
     "two entries missing": (lambda c: [c.pop("rng"), c.pop("scaler")], "'scaler', 'rng' missing"),
-    "optimizer a list": (put("optimizer", value=[]), "'optimizer' is not an optimizer state"),
-    "optimizer state a list": (put("optimizer", "state", value=[]), "'optimizer' is not an optimizer state"),
-    "optimizer groups a mapping": (put("optimizer", "param_groups", value={}), "'optimizer' is not an optimizer state"),
+    "optimizer a list": (setter("optimizer", value=[]), "'optimizer' is not an optimizer state"),
+    "optimizer state a list": (setter("optimizer", "state", value=[]), "'optimizer' is not an optimizer state"),
+    "optimizer groups a mapping": (setter("optimizer", "param_groups", value={}),
+                                   "'optimizer' is not an optimizer state"),
     "a group without its parameters": (lambda c: c["optimizer"]["param_groups"][0].pop("params"),
                                        "'optimizer' is not an optimizer state"),
-    "scaler a list": (put("scaler", value=[]), "'scaler' is not a gradient scaler state"),
-    "data position with another key": (put("data_position", "batch", value=0), "'data_position' must be"),
-    "data position a fraction": (put("data_position", "position", value=1.5), "'data_position' must be"),
-    "data position true": (put("data_position", "epoch", value=True), "'data_position' must be"),
-    "rng empty": (put("rng", value=[]), "'rng' must be a list of each process's generator states"),
-    "rng a mapping": (put("rng", value={}), "'rng' must be a list of each process's generator states"),
-    "fingerprint a list": (put("data_fingerprint", value=[]), "'data_fingerprint' must map splits to fingerprints"),
-    "fingerprint a number": (put("data_fingerprint", "train", value=1),
+    "scaler a list": (setter("scaler", value=[]), "'scaler' is not a gradient scaler state"),
+    "data position with another key": (setter("data_position", "batch", value=0), "'data_position' must be"),
+    "data position a fraction": (setter("data_position", "position", value=1.5), "'data_position' must be"),
+    "data position true": (setter("data_position", "epoch", value=True), "'data_position' must be"),
+    "rng empty": (setter("rng", value=[]), "'rng' must be a list of each process's generator states"),
+    "rng a mapping": (setter("rng", value={}), "'rng' must be a list of each process's generator states"),
+    "fingerprint a list": (setter("data_fingerprint", value=[]), "'data_fingerprint' must map splits to fingerprints"),
+    "fingerprint a number": (setter("data_fingerprint", "train", value=1),
                              "'data_fingerprint' must map splits to fingerprints"),
-    "world_batch of three": (put("world_batch", value=[2, 1, 1]), "'world_batch' must be [batch size, processes]"),
-    "world_batch of zero processes": (put("world_batch", value=[2, 0]), "'world_batch' must be [batch size, processes]"),
-    "training_arguments without a seed": (put("training_arguments", value={}),
+    "world_batch of three": (setter("world_batch", value=[2, 1, 1]), "'world_batch' must be [batch size, processes]"),
+    "world_batch of zero processes": (setter("world_batch", value=[2, 0]),
+                                      "'world_batch' must be [batch size, processes]"),
+    "training_arguments without a seed": (setter("training_arguments", value={}),
                                           "'training_arguments' must be a mapping of the training settings, with a "
                                           "whole-number seed"),
-    "data_arguments a list": (put("data_arguments", value=[]), "'data_arguments' must be a mapping"),
-    "generator states of another kind": (put(*RNG, value=[]), "'rng' entries must hold exactly torch, cuda, numpy "
-                                                             "and python generator states"),
+    "data_arguments a list": (setter("data_arguments", value=[]), "'data_arguments' must be a mapping"),
+    "generator states of another kind": (setter(*RNG, value=[]), "'rng' entries must hold exactly torch, cuda, "
+                                                                "numpy and python generator states"),
     "generator states without python": (lambda c: c["rng"][0].pop("python"), "'rng' entries must hold exactly"),
-    "torch state of another type": (put(*RNG, "torch", value=torch.zeros(5056, dtype=torch.int32)),
+    "torch state of another type": (setter(*RNG, "torch", value=torch.zeros(5056, dtype=torch.int32)),
                                     "the torch generator state is malformed"),
-    "cuda states a tensor": (put(*RNG, "cuda", value=torch.zeros(3, dtype=torch.uint8)),
+    "cuda states a tensor": (setter(*RNG, "cuda", value=torch.zeros(3, dtype=torch.uint8)),
                              "the CUDA generator states are malformed"),
-    "cuda state of another type": (put(*RNG, "cuda", value=[torch.zeros(3)]), "the CUDA generator states are malformed"),
+    "cuda state of another type": (setter(*RNG, "cuda", value=[torch.zeros(3)]),
+                                   "the CUDA generator states are malformed"),
     "numpy state of 4": (lambda c: c["rng"][0]["numpy"].pop(), "the numpy generator state is malformed"),
-    "numpy generator of another name": (put(*RNG, "numpy", 0, value="PCG64"), "the numpy generator state is malformed"),
-    "numpy keys cut short": (put(*RNG, "numpy", 1, value=torch.zeros(623, dtype=torch.int64)),
+    "numpy generator of another name": (setter(*RNG, "numpy", 0, value="PCG64"),
+                                        "the numpy generator state is malformed"),
+    "numpy keys cut short": (setter(*RNG, "numpy", 1, value=torch.zeros(623, dtype=torch.int64)),
                              "the numpy generator state is malformed"),
-    "numpy position 625": (put(*RNG, "numpy", 2, value=625), "the numpy generator state is malformed"),
-    "numpy position a float": (put(*RNG, "numpy", 2, value=3.0), "the numpy generator state is malformed"),
-    "python position 625": (put(*RNG, "python", 1, 624, value=625), "the Python generator state is malformed"),
-    "numpy position negative": (put(*RNG, "numpy", 2, value=-1), "the numpy generator state is malformed"),
-    "numpy gauss flag a fraction": (put(*RNG, "numpy", 3, value=0.5), "the numpy generator state is malformed"),
-    "numpy cached gaussian an integer": (put(*RNG, "numpy", 4, value=1), "the numpy generator state is malformed"),
+    "numpy position 625": (setter(*RNG, "numpy", 2, value=625), "the numpy generator state is malformed"),
+    "numpy position a float": (setter(*RNG, "numpy", 2, value=3.0), "the numpy generator state is malformed"),
+    "python position 625": (setter(*RNG, "python", 1, 624, value=625), "the Python generator state is malformed"),
+    "numpy position negative": (setter(*RNG, "numpy", 2, value=-1), "the numpy generator state is malformed"),
+    "numpy gauss flag a fraction": (setter(*RNG, "numpy", 3, value=0.5), "the numpy generator state is malformed"),
+    "numpy cached gaussian an integer": (setter(*RNG, "numpy", 4, value=1), "the numpy generator state is malformed"),
     "python state of 2": (lambda c: c["rng"][0]["python"].pop(), "the Python generator state is malformed"),
-    "python version a string": (put(*RNG, "python", 0, value="3"), "the Python generator state is malformed"),
+    "python version a string": (setter(*RNG, "python", 0, value="3"), "the Python generator state is malformed"),
     "python words cut short": (lambda c: c["rng"][0]["python"][1].pop(0), "the Python generator state is malformed"),
-    "python word of 33 bits": (put(*RNG, "python", 1, 0, value=2**32), "the Python generator state is malformed"),
-    "python word negative": (put(*RNG, "python", 1, 0, value=-1), "the Python generator state is malformed"),
-    "python gauss an integer": (put(*RNG, "python", 2, value=1), "the Python generator state is malformed"),
-    "training state a list": (put("training_state", value=[]), "'training_state' is not a mapping"),
+    "python word of 33 bits": (setter(*RNG, "python", 1, 0, value=2**32), "the Python generator state is malformed"),
+    "python word negative": (setter(*RNG, "python", 1, 0, value=-1), "the Python generator state is malformed"),
+    "python gauss an integer": (setter(*RNG, "python", 2, value=1), "the Python generator state is malformed"),
+    "training state a list": (setter("training_state", value=[]), "'training_state' is not a mapping"),
     "two unknown entries": (lambda c: c["training_state"].update(lr=1, beta=2),
                             "'training_state' has unknown entries beta, lr"),
     "two entries lacking": (lambda c: [c["training_state"].pop(name) for name in ("history", "step")],
                             "'training_state' lacks step, history"),
-    "step a fraction": (put("training_state", "step", value=1.5), "training_state step must be a whole number >= 0"),
-    "tokens seen negative": (put("training_state", "tokens_seen", value=-1),
+    "step a fraction": (setter("training_state", "step", value=1.5), "training_state step must be a whole number >= 0"),
+    "tokens seen negative": (setter("training_state", "tokens_seen", value=-1),
                              "training_state tokens_seen must be a whole number >= 0"),
-    "best loss a string": (put("training_state", "best_val_loss", value="low"),
+    "best loss a string": (setter("training_state", "best_val_loss", value="low"),
                            "training_state best_val_loss must be a number"),
-    "elapsed infinite": (put("training_state", "elapsed_seconds", value=float("inf")),
+    "elapsed infinite": (setter("training_state", "elapsed_seconds", value=float("inf")),
                          "training_state elapsed_seconds must be a finite number >= 0"),
-    "elapsed negative": (put("training_state", "elapsed_seconds", value=-0.5),
+    "elapsed negative": (setter("training_state", "elapsed_seconds", value=-0.5),
                          "training_state elapsed_seconds must be a finite number >= 0"),
-    "history a mapping": (put("training_state", "history", value={}),
+    "history a mapping": (setter("training_state", "history", value={}),
                           "training_state history must be a list of evaluation records"),
-    "history of numbers": (put("training_state", "history", value=[1]),
+    "history of numbers": (setter("training_state", "history", value=[1]),
                            "training_state history must be a list of evaluation records"),
 }
 
@@ -409,12 +405,12 @@ def test_each_check_of_a_resumable_checkpoint_names_its_problem(edit, problem, r
 
 BOUNDARIES = {
     "step 0, nothing seen, no time": lambda c: c["training_state"].update(step=0, tokens_seen=0, elapsed_seconds=0.0),
-    "numpy position 0": put(*RNG, "numpy", 2, value=0),
-    "numpy position 624": put(*RNG, "numpy", 2, value=624),
-    "python position 624": put(*RNG, "python", 1, 624, value=624),
-    "python gauss cached": put(*RNG, "python", 2, value=0.25),
-    "python word 0": put(*RNG, "python", 1, 0, value=0),
-    "no CUDA states": put(*RNG, "cuda", value=[]),
+    "numpy position 0": setter(*RNG, "numpy", 2, value=0),
+    "numpy position 624": setter(*RNG, "numpy", 2, value=624),
+    "python position 624": setter(*RNG, "python", 1, 624, value=624),
+    "python gauss cached": setter(*RNG, "python", 2, value=0.25),
+    "python word 0": setter(*RNG, "python", 1, 0, value=0),
+    "no CUDA states": setter(*RNG, "cuda", value=[]),
     "an older checkpoint without data_arguments": without("data_arguments"),
 }
 
