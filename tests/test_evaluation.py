@@ -98,20 +98,35 @@ def test_bits_per_byte_counts_the_scored_texts_bytes(model, tokens):
     assert result.bits_per_byte == pytest.approx(result.nll / (math.log(2) * result.bytes))
 
 
-def test_running_out_of_memory_halves_the_batch(model, tokens, monkeypatch):
+def failing_above_two_windows(monkeypatch, message: str) -> None:
+    """_windows_nll raises RuntimeError(message) for more than two windows at once."""
     real = evaluation._windows_nll
 
     def small_memory(subject, chunk, rows, length):
         if rows > 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 3.00 GiB")
+            raise RuntimeError(message)
         return real(subject, chunk, rows, length)
 
+    monkeypatch.setattr(evaluation, "_windows_nll", small_memory)
+
+
+@pytest.mark.parametrize("message", [
+    "CUDA out of memory. Tried to allocate 3.00 GiB",
+    "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried",  # the CPU's
+])
+def test_running_out_of_memory_halves_the_batch(model, tokens, monkeypatch, message):
     longer = np.tile(tokens, 3)  # 8 whole windows
     expected = stream_loss(CheckpointSubject(model), longer, batch_size=8, progress=False)
-    monkeypatch.setattr(evaluation, "_windows_nll", small_memory)
+    failing_above_two_windows(monkeypatch, message)
     result = stream_loss(CheckpointSubject(model), longer, batch_size=8, progress=False)
     assert result.batch_size == 2
     assert result.nll == pytest.approx(expected.nll, rel=1e-9)
+
+
+def test_other_errors_are_not_taken_for_running_out_of_memory(model, tokens, monkeypatch):
+    failing_above_two_windows(monkeypatch, "mat1 and mat2 shapes cannot be multiplied")
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        stream_loss(CheckpointSubject(model), np.tile(tokens, 3), batch_size=8, progress=False)
 
 
 def test_token_ids_beyond_the_vocabulary_and_tiny_streams_are_user_errors(tokens):
@@ -163,24 +178,6 @@ def test_count_stories_of_empty_and_one_token_streams():
     assert count_stories(np.array([], dtype=np.uint16)) == 0
     assert count_stories(np.array([42], dtype=np.uint16)) == 1
     assert count_stories(np.array([EOT_ID], dtype=np.uint16)) == 1
-
-
-def test_the_processors_out_of_memory_message_halves_the_batch_too_and_other_errors_pass(model, tokens, monkeypatch):
-    real = evaluation._windows_nll
-    failure = {"message": ""}
-
-    def small_memory(subject, chunk, rows, length):
-        if rows > 2:
-            raise RuntimeError(failure["message"])
-        return real(subject, chunk, rows, length)
-
-    longer = np.tile(tokens, 3)
-    monkeypatch.setattr(evaluation, "_windows_nll", small_memory)
-    failure["message"] = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried"
-    assert stream_loss(CheckpointSubject(model), longer, batch_size=8, progress=False).batch_size == 2
-    failure["message"] = "mat1 and mat2 shapes cannot be multiplied"
-    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        stream_loss(CheckpointSubject(model), longer, batch_size=8, progress=False)
 
 
 def test_broken_weights_and_foreign_token_ids_are_named_in_the_error(model, tokens):
