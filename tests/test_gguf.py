@@ -259,14 +259,21 @@ def test_each_tensor_is_stored_in_the_type_of_its_outtype(outtype, tmp_path):
             assert np.all(np.abs(values - original).reshape(-1, 32) <= bound[:, None]), tensor.name
 
 
+def gguf_fields(path: Path) -> dict:
+    """The file's metadata as the gguf package's reader reads it, without the reader's own GGUF.* entries."""
+    import gguf
+
+    return {name: field.contents() for name, field in gguf.GGUFReader(path).fields.items()
+            if not name.startswith("GGUF.")}
+
+
 def test_the_files_metadata_describes_the_model_and_gpt2s_tokenizer(tmp_path):
     """The keys llama.cpp's gpt2 loader reads, read back with the gguf package's reader."""
     import gguf
 
     model = Model(preset("tiny", dropout=0.0, activation="gelu_new", n_layer=3, block_size=96))
     save_gguf(model, tmp_path / "model.gguf", "f16", name="my story model")
-    fields = {name: field.contents() for name, field in gguf.GGUFReader(tmp_path / "model.gguf").fields.items()
-              if not name.startswith("GGUF.")}
+    fields = gguf_fields(tmp_path / "model.gguf")
     tokens, types, merges = (fields.pop(f"tokenizer.ggml.{key}") for key in ("tokens", "token_type", "merges"))
     assert fields == pytest.approx({
         "general.architecture": "gpt2", "general.type": "model", "general.name": "my story model",
@@ -303,17 +310,14 @@ def test_a_vocabulary_file_with_a_gap_in_its_numbering_is_refused(tmp_path, monk
 def test_defaults_and_the_quantization_version_of_q8_0_files(tmp_path):
     import gguf
 
-    def fields(path: Path) -> dict:
-        return {name: field.contents() for name, field in gguf.GGUFReader(path).fields.items()}
-
     model = Model(preset("tiny", dropout=0.0, activation="gelu_new"))
     save_gguf(model, tmp_path / "default.gguf")
-    default = fields(tmp_path / "default.gguf")
+    default = gguf_fields(tmp_path / "default.gguf")
     assert default["general.name"] == "TinyStories GPT"
     assert default["general.file_type"] == int(gguf.LlamaFileType.ALL_F32)
     assert "general.quantization_version" not in default
     save_gguf(model, tmp_path / "q8_0.gguf", "q8_0")
-    assert fields(tmp_path / "q8_0.gguf")["general.quantization_version"] == gguf.GGML_QUANT_VERSION
+    assert gguf_fields(tmp_path / "q8_0.gguf")["general.quantization_version"] == gguf.GGML_QUANT_VERSION
 
 
 def test_the_library_refuses_bad_requests_with_the_flags_words(tmp_path):
