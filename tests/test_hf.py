@@ -119,12 +119,6 @@ def test_export_py_writes_the_librarys_folder(exported, tmp_path):
     assert sorted(path.name for path in (tmp_path / "hf_model").iterdir()) == sorted(p.name for p in hf_folder.iterdir())
 
 
-def test_exported_folder_holds_the_readmes_files(exported):
-    names = sorted(path.name for path in exported[2].iterdir())
-    assert names == sorted(["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                            "tokenizer_config.json", "vocab.json", "merges.txt"])
-
-
 def test_exported_folder_loads_with_transformers(exported):
     model, _, hf_folder = exported
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(hf_folder).eval()
