@@ -1,10 +1,15 @@
-"""tinystories.precision: int8 weight-only decoding computes what the rounded float32 model computes."""
+"""tinystories.precision: float16 and int8 decoding compute what the rounded float32 model computes; the float16
+kernels (tinystories/kernels/float16.cpp) against torch's own float32 product."""
+import copy
+
 import pytest
 import torch
 
 from model.model import Model, preset
+from tinystories import cpu_kernels, precision
+from tinystories.cpu_kernels import kernels
 from tinystories.errors import UserError
-from tinystories.precision import int8_rows, rounded_copy
+from tinystories.precision import KERNEL_ROWS, int8_rows, rounded_copy
 from tinystories.sampling import SamplingConfig, decoding_model, sample_tokens
 
 GREEDY = SamplingConfig(temperature=0.0)
@@ -31,24 +36,118 @@ def test_rows_round_to_the_nearest_of_255_levels():
     assert torch.allclose(scales, weight.abs().amax(dim=1) / 127)
 
 
-def test_int8_decoder_computes_the_rounded_model(model):
-    idx = torch.randint(0, 50257, (2, 40))
-    rounded = rounded_copy(model, "int8")
+def test_float16_rounding_is_to_the_nearest_float16():
+    weight = torch.tensor([[1.0 + 2 ** -11, 1.0 + 3 * 2 ** -11, 1e-3, -70000.0 / 2]])
+    values = rounded_copy_of_one_linear(weight, "float16")
+    assert values.tolist() == [[1.0, 1.0 + 2 ** -9, 0.0010004043579101562, -35008.0]]
+
+
+def rounded_copy_of_one_linear(weight: torch.Tensor, precision: str) -> torch.Tensor:
+    model = Model(preset("nano", n_embd=weight.shape[1], n_head=1))
     with torch.no_grad():
-        int8 = decoding_model(model, "int8")(idx)[0]
+        model.blocks[0].mlp.fc.weight[:1].copy_(weight)
+    return rounded_copy(model, precision).blocks[0].mlp.fc.weight[:1]
+
+
+@pytest.mark.parametrize("rows, outputs, inputs, bias", [
+    (1, 7, 3, True),  # shorter than one SIMD register: the scalar tail alone
+    (3, 50, 37, False),  # whole registers and a tail
+    (KERNEL_ROWS, 130, 384, True),
+    (1, 5000, 64, True),  # enough output rows for both threads
+])
+def test_float16_kernel_is_torchs_float32_product_of_the_rounded_weights(rows, outputs, inputs, bias):
+    generator = torch.Generator().manual_seed(rows * outputs)
+    x = torch.randn(rows, inputs, generator=generator)
+    weight = torch.randn(outputs, inputs, generator=generator).to(torch.float16)
+    b = torch.randn(outputs, generator=generator) if bias else None
+    expected = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
+    ours = kernels().linear_f16(x, weight, b)
+    assert ours.dtype == torch.float32 and ours.shape == (rows, outputs)
+    assert torch.allclose(ours.double(), expected, rtol=0, atol=1e-5 * inputs ** 0.5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(kernels().linear_f16(x, weight, b), ours)  # each output row is summed by one thread, in one order
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_float16_kernel_refuses_what_it_cannot_multiply():
+    weight = torch.zeros(4, 8, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="x has 6 columns but weight has 8"):
+        kernels().linear_f16(torch.zeros(1, 6), weight, None)
+    with pytest.raises(RuntimeError, match="weight must be a contiguous float16"):
+        kernels().linear_f16(torch.zeros(1, 8), weight.float(), None)
+    with pytest.raises(RuntimeError, match="bias must be a contiguous float32 tensor of 4 values"):
+        kernels().linear_f16(torch.zeros(1, 8), weight, torch.zeros(5))
+
+
+@pytest.mark.parametrize("precision", ["float16", "int8"])
+@pytest.mark.parametrize("length", [KERNEL_ROWS, 40])  # the kernel, and the float32 product of longer inputs
+def test_decoder_computes_the_rounded_model(model, precision, length):
+    idx = torch.randint(0, 50257, (1, length), generator=torch.Generator().manual_seed(length))
+    rounded = rounded_copy(model, precision)
+    with torch.no_grad():
+        decoded = decoding_model(model, precision)(idx)[0]
         expected = rounded(idx)[0][:, -1:]
         exact = model(idx)[0][:, -1:]
-    assert (int8 - expected).abs().max() <= 1e-4
+    assert (decoded - expected).abs().max() <= 1e-4
     assert 0 < (expected - exact).abs().max() <= 0.05 * exact.abs().max()
     assert torch.equal(rounded.token_embedding.weight, model.token_embedding.weight)  # only matrices are rounded
     assert rounded.lm_head.weight is not rounded.token_embedding.weight
     assert rounded_copy(model, "float32") is model
 
 
-def test_int8_greedy_decoding_through_the_cache_matches_full_forwards(model):
+class CountedKernels:
+    """The real kernels, counting the calls of decode_step_f16."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def __getattr__(self, name: str):
+        return getattr(cpu_kernels.kernels(), name)
+
+    def decode_step_f16(self, *arguments):
+        self.steps += 1
+        return cpu_kernels.kernels().decode_step_f16(*arguments)
+
+
+@pytest.mark.parametrize("activation, bias", [("gelu", True), ("gelu_new", False)])
+def test_float16_one_step_kernel_is_the_models_own_path(activation, bias, monkeypatch):
+    torch.manual_seed(1)
+    model = Model(preset("tiny", dropout=0.0, activation=activation, bias=bias))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    decoder = decoding_model(model.eval(), "float16")
+    counted = CountedKernels()
+    monkeypatch.setattr(precision, "kernels", lambda: counted)
+    token = torch.tensor([[4321]])
+    single = decoder.new_kv_cache(1)
+    slots = decoder.new_slot_kv_cache(3)
+    slots.plan([], [(2, 7), (0, 3)])  # two rows start: Model's path, then row 2 alone continues
+    with torch.no_grad():
+        decoder(torch.randint(0, 50257, (1, 9)), kv_cache=single)
+        decoder.hidden_states(torch.randint(0, 50257, (1, 10)), slots)
+        slots.plan([2], [])
+        for cache in (single, slots):
+            twin = copy.deepcopy(cache)
+            steps = counted.steps
+            fast = decoder.hidden_states(token, cache)
+            assert counted.steps == steps + 1
+            expected = Model.hidden_states(decoder, token, twin)
+            assert fast.shape == expected.shape == (1, 1, model.config.n_embd)
+            assert torch.allclose(fast, expected, rtol=0, atol=1e-5)
+            assert torch.allclose(cache.keys, twin.keys, rtol=0, atol=1e-6)  # the new position, and nothing else
+            assert torch.allclose(cache.values, twin.values, rtol=0, atol=1e-6)
+    assert (single.length, slots.lengths) == (10, [3, 0, 8])
+
+
+@pytest.mark.parametrize("precision", ["float16", "int8"])
+def test_greedy_decoding_through_the_cache_matches_full_forwards(model, precision):
     prompt = [464, 1310, 3290]
-    ours = list(sample_tokens(decoding_model(model, "int8"), prompt, 24, GREEDY, stop_at_eos=False))
-    rounded, ids = rounded_copy(model, "int8"), list(prompt)
+    ours = list(sample_tokens(decoding_model(model, precision), prompt, 24, GREEDY, stop_at_eos=False))
+    rounded, ids = rounded_copy(model, precision), list(prompt)
     with torch.no_grad():
         for _ in range(24):
             ids.append(int(rounded(torch.tensor([ids]))[0][0, -1].argmax()))
@@ -56,5 +155,26 @@ def test_int8_greedy_decoding_through_the_cache_matches_full_forwards(model):
 
 
 def test_unknown_precision_is_a_user_error(model):
-    with pytest.raises(UserError, match="--precision must be one of float32, int8"):
+    with pytest.raises(UserError, match="--precision must be one of float32, float16, int8"):
         decoding_model(model, "bfloat16")
+
+
+def test_a_weight_beyond_float16s_range_is_refused(model):
+    huge = Model(preset("nano"))
+    with torch.no_grad():
+        huge.blocks[0].mlp.fc.weight[0, 0] = 70000.0
+    with pytest.raises(UserError, match=r"a weight exceeds float16's range \(largest 65504\); use --precision float32"):
+        decoding_model(huge, "float16")
+
+
+def test_a_kernel_that_cannot_be_built_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache: the build must run
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    cpu_kernels.kernels.cache_clear()
+    try:
+        with pytest.raises(UserError, match=r"could not build this project's CPU kernel \(.+\); it needs a C\+\+ "
+                                            r"compiler with OpenMP \(c\+\+, or set CXX\) and ninja") as raised:
+            cpu_kernels.kernels()
+        assert "\n" not in str(raised.value)
+    finally:
+        cpu_kernels.kernels.cache_clear()

@@ -1,27 +1,40 @@
-"""Decoding precisions: float32 (exact, the default) and int8 weight-only products.
+"""Decoding precisions, as the linear layers of a decoder: float32 (exact, the default), float16 weights and
+int8 weight-only products.
 
-One decoded token reads every weight once, so on a CPU its time is mostly memory traffic; storing the
-matrices as int8 with one float32 scale per output row reads a quarter of the bytes, while activations,
-norms, attention and the token embedding stay float32. Rows are rounded symmetrically:
-w ≈ round(w / s) * s with s = max|w_row| / 127.
+One decoded token reads every weight once, so on a CPU its time is mostly memory traffic. float32 prepacks the
+weights for oneDNN (where it can), which reads them at close to the memory's speed. The other modes store
+the matrices of the linear layers in fewer bytes, while activations, sums, norms, attention and the token
+embedding stay float32:
+- float16: each weight rounded to the nearest float16; half the bytes. Products by this project's kernel
+  (tinystories/kernels/float16.cpp), which converts weights to float32 as it streams them.
+- int8: one float32 scale per output row, rows rounded symmetrically, w ≈ round(w / s) * s with
+  s = max|w_row| / 127; a quarter of the bytes. Products by `aten._weight_int8pack_mm`.
 
 `rounded_copy` gives a float32 Model whose matrices hold exactly the rounded values, so evaluate.py measures
-the loss an int8 decoder computes (docs/benchmarks.md gives the measured cost). bfloat16 is not offered: on
-processors without bf16 instructions (AVX2 only, as the machine this was measured on) it is slower than
-float32, and where they exist its cost could not be measured here.
+the loss each decoder computes (docs/benchmarks.md gives the measured costs). bfloat16 is not offered: in the
+same bytes float16 keeps 3 more bits of every weight, and trained weights are far inside its range.
 """
 from __future__ import annotations
 
 import copy
+import functools
+from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from model.model import Model
+from model.model import AnyKVCache, KVCache, Model, SlotKVCache
+from tinystories.cpu_kernels import kernels
+from tinystories.errors import UserError
 
-PRECISIONS = ("float32", "int8")
-PRECISION_HELP = ("decoding precision: float32 (exact) or int8 (weight-only int8 products, CPU: faster, "
-                  "a small measured loss cost; see docs/benchmarks.md)")
+PRECISIONS = ("float32", "float16", "int8")
+PRECISION_HELP = ("decoding precision: float32 (exact), float16 (weights in float16, sums in float32; CPU, the "
+                  "fastest) or int8 (weight-only int8 products, CPU); both cost a little loss, measured in "
+                  "docs/benchmarks.md")
+# Rows up to this many go to the kernel (it reads each weight once for all of them); longer inputs (a prompt)
+# to a float32 product of the weights converted once, which compilers' matrix-matrix kernels do faster.
+KERNEL_ROWS = 16
 
 
 def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,15 +44,28 @@ def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
 
 
+class PackedLinear(nn.Module):
+    """nn.Linear with its weight prepacked for oneDNN: on the CPU, a one-row product reads the weight at
+    close to memory bandwidth, where the default BLAS call runs on one thread at a third of it."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+
 class Int8Linear(nn.Module):
     """nn.Linear with an int8 weight and per-row scales, multiplied by `aten._weight_int8pack_mm`."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        values, scales = int8_rows(weight)
+        values, scales = int8_rows(linear.weight)
         self.register_buffer("weight", values)
         self.register_buffer("scales", scales)
-        self.register_buffer("bias", None if bias is None else bias.detach().float())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight, self.scales)
@@ -48,26 +74,115 @@ class Int8Linear(nn.Module):
         return rows.view(*x.shape[:-1], self.weight.shape[0])
 
 
-def int8_linears(model: Model) -> None:
-    """Replace every nn.Linear of `model` (the output layer included) by an Int8Linear, in place."""
+class Float16Linear(nn.Module):
+    """nn.Linear with a float16 weight and float32 everything else; on the CPU."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().to(torch.float16).contiguous()
+        if not torch.isfinite(weight).all() and torch.isfinite(linear.weight).all():
+            raise UserError(f"a weight exceeds float16's range (largest {torch.finfo(torch.float16).max:.0f}); "
+                            f"use --precision float32")
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] <= KERNEL_ROWS:
+            out = kernels().linear_f16(rows.contiguous(), self.weight, self.bias)
+        else:
+            out = F.linear(rows, self.weight.float(), self.bias)
+        return out.view(*x.shape[:-1], self.weight.shape[0])
+
+
+class Float16Decoder(Model):
+    """A Model with Float16Linear layers whose hidden_states, for one new token of one sequence through a cache
+    (each step of single-stream decoding), is one call of the kernel's decode_step_f16; other inputs take
+    Model's path through the same weights."""
+
+    def hidden_states(self, idx: torch.Tensor, kv_cache: Optional[AnyKVCache] = None) -> torch.Tensor:
+        row = _single_step_row(idx, kv_cache)
+        if row is None:
+            return super().hidden_states(idx, kv_cache)
+        position = int(kv_cache.positions(1, idx.device)[0])
+        hidden = kernels().decode_step_f16(
+            int(idx[0, 0]), position, row, self.token_embedding.weight, self.position_embedding.weight,
+            self._step_tensors, self.final_norm.weight, _or_zeros(self.final_norm.bias, self.final_norm.weight),
+            kv_cache.keys, kv_cache.values, self.config.n_head, self.config.layer_norm_epsilon,
+            self.config.activation == "gelu_new")
+        kv_cache.advance(1)
+        return hidden.view(1, 1, -1)
+
+    @functools.cached_property
+    def _step_tensors(self) -> list[torch.Tensor]:
+        """Each block's weights in decode_step_f16's order, absent biases as zeros."""
+        tensors = []
+        for block in self.blocks:
+            for module in (block.attn_norm, block.attn.qkv, block.attn.out_proj, block.mlp_norm, block.mlp.fc,
+                           block.mlp.proj):
+                tensors += [module.weight, _or_zeros(module.bias, module.weight)]
+        return tensors
+
+
+def _or_zeros(bias: Optional[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(weight.shape[0]) if bias is None else bias
+
+
+def _single_step_row(idx: torch.Tensor, kv_cache: Optional[AnyKVCache]) -> Optional[int]:
+    """The cache row that idx, one token, continues, if decode_step_f16 can take it; else None."""
+    if idx.shape != (1, 1) or kv_cache is None or kv_cache.keys.dtype != torch.float32:
+        return None
+    if isinstance(kv_cache, KVCache) and kv_cache.keys.shape[1] == 1 and kv_cache.length < kv_cache.max_len:
+        return 0
+    if isinstance(kv_cache, SlotKVCache) and len(kv_cache.decoding) == 1 and not kv_cache.starting:
+        return kv_cache.decoding[0]
+    return None
+
+
+def float16_decoder(model: Model) -> Model:
+    """`model` (a copy to keep) turned into a Float16Decoder: its linear layers become Float16Linear."""
+    replace_linears(model, "float16")
+    model.__class__ = Float16Decoder  # the same modules and parameters, one method more
+    return model
+
+
+LINEARS = {"float32": PackedLinear, "float16": Float16Linear, "int8": Int8Linear}
+
+
+def can_pack(model: Model) -> bool:
+    """Whether oneDNN can prepack the float32 CPU model's linear layers."""
+    weight = model.token_embedding.weight
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def replace_linears(model: Model, precision: str) -> None:
+    """Replace every nn.Linear of `model` (the output layer included) by the `precision` one, in place."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(module, name, Int8Linear(child.weight, child.bias))
+                setattr(module, name, LINEARS[precision](child))
+
+
+def rounded(weight: torch.Tensor, precision: str) -> torch.Tensor:
+    """The float32 values a `precision` decoder multiplies by in place of `weight`."""
+    if precision == "float16":
+        return weight.detach().to(torch.float16).float()
+    values, scales = int8_rows(weight)
+    return values.float() * scales[:, None]
 
 
 def rounded_copy(model: Model, precision: str) -> Model:
     """A float32 model computing what the `precision` decoder of `model` computes, for measuring the loss:
-    `model` itself for float32; for int8 a copy with every matrix of a linear layer rounded to int8 and back,
+    `model` itself for float32; otherwise a copy with every matrix of a linear layer rounded and converted back,
     its output layer untied from the token embedding (the decoder rounds the output layer but reads
     embedding rows in float32)."""
     if precision == "float32":
         return model
-    rounded = copy.deepcopy(model).eval()
+    copied = copy.deepcopy(model).eval()
     with torch.no_grad():
-        rounded.lm_head.weight = nn.Parameter(rounded.lm_head.weight.clone())
-        for module in rounded.modules():
+        copied.lm_head.weight = nn.Parameter(copied.lm_head.weight.clone())
+        for module in copied.modules():
             if isinstance(module, nn.Linear):
-                values, scales = int8_rows(module.weight)
-                module.weight.copy_(values.float() * scales[:, None])
-    return rounded
+                module.weight.copy_(rounded(module.weight, precision))
+    return copied

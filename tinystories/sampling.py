@@ -26,7 +26,7 @@ import torch.nn as nn
 from model.model import Model
 from tinystories.checks import require_token_ids_within
 from tinystories.errors import UserError
-from tinystories.precision import PRECISIONS, int8_linears
+from tinystories.precision import PRECISIONS, can_pack, float16_decoder, replace_linears
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 
@@ -143,19 +143,6 @@ def _top_k_candidates(logits: torch.Tensor, samplings: list[SamplingConfig], top
     return ids, scores[:, :top_k].gather(1, order), ties
 
 
-class _PackedLinear(nn.Module):
-    """nn.Linear with its weight prepacked for oneDNN: on the CPU, a one-row product reads the weight at
-    close to memory bandwidth, where the default BLAS call runs on one thread at a third of it."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
-        self.bias = None if linear.bias is None else linear.bias.detach()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-
-
 class _LastPositionHead(nn.Module):
     """The output layer applied to the last position only: decoding needs no other logits, and a prefill
     of hundreds of tokens would otherwise spend most of its time on unused (T, vocab_size) logits."""
@@ -168,30 +155,23 @@ class _LastPositionHead(nn.Module):
         return self.head(x[:, -1:])
 
 
-def _can_pack(model: Model) -> bool:
-    weight = model.token_embedding.weight
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-
-
 def decoding_model(model: Model, precision: str = "float32") -> Model:
     """A copy of `model` for generation only: forward returns the logits of the last position, (B, 1, V).
 
     float32: on the CPU its linear layers are prepacked for oneDNN; logits agree with `model` to float
-    rounding. int8 (CPU only): weight-only int8 products (tinystories.precision).
+    rounding. float16 and int8 (CPU only): the weights of the linear layers in fewer bytes, products in
+    float32 (tinystories.precision).
     """
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     decoder = copy.deepcopy(model).eval()
-    if precision == "int8":
-        if decoder.token_embedding.weight.device.type != "cpu":
-            raise UserError("--precision int8 runs on the CPU only (use --device cpu, or float32 on GPUs)")
-        int8_linears(decoder)
-    elif _can_pack(decoder):
-        for module in list(decoder.modules()):
-            for name, child in list(module.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(module, name, _PackedLinear(child))
+    on_cpu = decoder.token_embedding.weight.device.type == "cpu"
+    if precision != "float32" and not on_cpu:
+        raise UserError(f"--precision {precision} runs on the CPU only (use --device cpu, or float32 on GPUs)")
+    if precision == "float16":
+        decoder = float16_decoder(decoder)
+    elif precision == "int8" or (on_cpu and can_pack(decoder)):
+        replace_linears(decoder, precision)
     decoder.lm_head = _LastPositionHead(decoder.lm_head)
     return decoder
 

@@ -1,0 +1,53 @@
+"""This project's C++ kernels for the CPU (tinystories/kernels/), compiled on first use and then loaded from
+torch's extension cache.
+
+The build takes about 10 s, once per source version, instruction set and torch version; torch keeps it
+under ~/.cache/torch_extensions (TORCH_EXTENSIONS_DIR moves it). It needs a C++ compiler with OpenMP (`c++`,
+or the one CXX names) and ninja (requirements.txt). The SIMD instructions are those torch detected for its
+own kernels on this processor, passed as Inductor passes them to the C++ it generates.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinystories.errors import UserError, first_line
+
+SOURCES = Path(__file__).parent / "kernels"
+# at::vec's Vectorized types pick their SIMD code from the CPU_CAPABILITY macro; the flags let the compiler use it.
+ARCH_FLAGS = {
+    "AVX2": ["-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
+    "AVX512": ["-DCPU_CAPABILITY_AVX512", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma"],
+}
+
+
+def _find_ninja() -> None:
+    """Put the ninja of the `ninja` package on PATH when none is there (a virtual environment not activated)."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+@functools.cache
+def kernels() -> Any:
+    """torch.ops.tinystories_kernels, the kernels built first if torch's extension cache lacks them."""
+    from torch.utils import cpp_extension
+
+    _find_ninja()
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-fopenmp", *ARCH_FLAGS.get(capability, [])]
+    try:
+        cpp_extension.load(f"tinystories_kernels_{capability.lower()}", [str(SOURCES / "float16.cpp")],
+                           extra_cflags=flags, is_python_module=False)
+        return torch.ops.tinystories_kernels
+    except (RuntimeError, OSError) as error:
+        raise UserError(f"could not build this project's CPU kernel ({first_line(error)}); it needs a C++ compiler "
+                        f"with OpenMP (c++, or set CXX) and ninja (pip install -r requirements.txt)") from error
