@@ -17,6 +17,7 @@ from tinystories.hardware import DEVICE_HELP, resolve_device
 from tinystories.engine import Engine
 from tinystories.errors import run_main
 from tinystories.paths import DEFAULT_MODEL
+from tinystories.precision import PRECISION_HELP, PRECISIONS
 from tinystories.sampling import decoding_model
 from tinystories.server import ServerConfig, create_app, serve
 
@@ -27,6 +28,7 @@ class ModelConfig:
     served_model_name: Optional[str] = field(default=None, metadata={
         "help": "the name requests give as \"model\" (None: the --model path, as written)"})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+    precision: str = field(default="float32", metadata={"choices": list(PRECISIONS), "help": PRECISION_HELP})
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -36,7 +38,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     device = resolve_device(model_config.device)
     model, checkpoint = load_model(model_config.model, device)
     name = model_config.served_model_name or model_config.model
-    engine = Engine(decoding_model(model), max_batch=server_config.max_batch)
+    engine = Engine(decoding_model(model, model_config.precision), max_batch=server_config.max_batch)
     app = create_app(engine, name, server_config, vocab_size=model.config.vocab_size,
                      context_length=model.config.block_size)
     print(f"serving {name} (step {checkpoint.get('step')}, {model.config.block_size}-token context) on {device}; "

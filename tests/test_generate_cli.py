@@ -10,6 +10,7 @@ import torch
 
 from model.model import Model, preset
 from tinystories.checkpoint import model_checkpoint, save_checkpoint
+from tinystories.precision import rounded_copy
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,3 +281,22 @@ def test_an_unusable_output_is_refused_before_sampling(checkpoint, tmp_path, mon
     status, out, err = run(monkeypatch, capsys, "--model", str(checkpoint), "--output", str(tmp_path))
     assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: --output {tmp_path} is a folder")
+
+
+def test_float16_precision_decodes_the_rounded_models_greedy_tokens(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    model = Model(preset("tiny", dropout=0.0))
+    with torch.no_grad():  # far from initialisation, so that attention and every layer decide the tokens
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    save_checkpoint(tmp_path / "model.pth", model_checkpoint(model, step=0))
+    status, out, err = run(monkeypatch, capsys, "--model", str(tmp_path / "model.pth"), "--precision", "float16",
+                           "--temperature", "0", "--max_tokens", "40", "--ignore_eos", "true", "--json", "true")
+    assert status == 0, err
+    tokens = json.loads(out)["samples"][0]["token_ids"]
+    rounded = rounded_copy(model.eval(), "float16")
+    ids = get_tokenizer().encode_ordinary("Once upon a time")
+    with torch.no_grad():
+        for _ in range(40):  # full forwards of the float32 model holding the float16-rounded weights
+            ids.append(int(rounded(torch.tensor([ids]))[0][0, -1].argmax()))
+    assert tokens == ids[-40:]

@@ -25,6 +25,7 @@ from model.model import Model, preset
 from tinystories.checkpoint import model_checkpoint, save_checkpoint
 from tinystories.engine import sequence_seed
 from tinystories.hf import to_hf
+from tinystories.precision import rounded_copy
 from tinystories.sampling import SamplingConfig, decoding_model, sample_tokens
 from tinystories.server_process import ROOT, ServerProcess
 from tinystories.tokenizer import EOT_ID, get_tokenizer
@@ -228,6 +229,22 @@ def test_greedy_text_equals_generate_py(client, checkpoint):
     assert result.returncode == 0, result.stderr
     served = client.completions.create(model="tiny-stories", prompt=PROMPT, max_tokens=40, temperature=0)
     assert result.stdout == PROMPT + served.choices[0].text + "\n"
+
+
+def test_float16_precision_serves_the_float16_decoders_tokens(model, checkpoint, tmp_path):
+    with ServerProcess(str(checkpoint), "--precision", "float16", log_dir=tmp_path, env=ONE_THREAD) as server:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+        served = client.completions.create(model=str(checkpoint), prompt=PROMPT, max_tokens=30, temperature=0,
+                                           logprobs=0, extra_body={"ignore_eos": True})
+    expected = reference_tokens(decoding_model(model, "float16"), PROMPT, 30, SamplingConfig(temperature=0.0),
+                                stop_at_eos=False)
+    assert served.choices[0].text == text_of(expected)
+    ids = torch.tensor([get_tokenizer().encode_ordinary(PROMPT) + expected])
+    with torch.no_grad():  # each chosen token's log-probability under the float16 and the float32 weights
+        chosen = {name: torch.log_softmax(weights(ids)[0][0, -31:-1], dim=-1).gather(1, ids[0, -30:, None])[:, 0]
+                  for name, weights in (("float16", rounded_copy(model, "float16")), ("float32", model))}
+    logprobs = torch.tensor(served.choices[0].logprobs.token_logprobs)
+    assert (logprobs - chosen["float16"]).abs().max() <= 1e-5 < 1e-4 <= (logprobs - chosen["float32"]).abs().max()
 
 
 def test_sixteen_concurrent_streams_are_correct_and_batched(server, decoder):
