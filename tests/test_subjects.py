@@ -97,25 +97,34 @@ def test_checkpoint_and_its_export_give_the_same_loss(checkpoint_and_export, syn
 
 
 
-def test_int8_precision_scores_the_rounded_weights_of_checkpoints_only(checkpoint_and_export, synthetic_data_dir):
+def int8_by_hand(weight: torch.Tensor) -> torch.Tensor:
+    """Every row rounded to 127 steps of max|row| / 127."""
+    steps = weight.abs().amax(dim=1, keepdim=True) / 127
+    return torch.round(weight / steps) * steps
+
+
+@pytest.mark.parametrize("precision, by_hand", [("int8", int8_by_hand),
+                                                ("float16", lambda weight: weight.half().float())])
+def test_a_precision_scores_the_rounded_weights_of_checkpoints_only(checkpoint_and_export, synthetic_data_dir,
+                                                                     precision, by_hand):
     checkpoint, folder = checkpoint_and_export
     tokens = np.asarray(load_tokens(synthetic_data_dir, "test")[:500])
-    int8 = load_subject(str(checkpoint), torch.device("cpu"), precision="int8")
+    subject = load_subject(str(checkpoint), torch.device("cpu"), precision=precision)
     plain = load_subject(str(checkpoint), torch.device("cpu"))
-    # By hand: every linear layer's rows rounded to 127 steps of max|row| / 127; the embedding stays float32.
+    # Every linear layer's weight rounded; the embedding stays float32.
     rounded = copy.deepcopy(plain.model)
     with torch.no_grad():
         rounded.lm_head.weight = torch.nn.Parameter(rounded.lm_head.weight.clone())
         for module in rounded.modules():
             if isinstance(module, torch.nn.Linear):
-                steps = module.weight.abs().amax(dim=1, keepdim=True) / 127
-                module.weight.copy_(torch.round(module.weight / steps) * steps)
-    int8_loss = stream_loss(int8, tokens, batch_size=4, progress=False).loss
+                module.weight.copy_(by_hand(module.weight))
+    loss = stream_loss(subject, tokens, batch_size=4, progress=False).loss
     expected = stream_loss(CheckpointSubject(rounded), tokens, batch_size=4, progress=False).loss
-    assert int8_loss == pytest.approx(expected, abs=1e-5)
-    assert int8_loss != stream_loss(plain, tokens, batch_size=4, progress=False).loss
-    with pytest.raises(UserError, match="--precision int8 applies to this project's checkpoints only"):
-        load_subject(str(folder), torch.device("cpu"), precision="int8")
+    assert loss == pytest.approx(expected, abs=1e-6)
+    assert loss != stream_loss(plain, tokens, batch_size=4, progress=False).loss
+    with pytest.raises(UserError, match=f"--precision {precision} applies to this project's checkpoints only"):
+        load_subject(str(folder), torch.device("cpu"), precision=precision)
+
 
 def test_completions_run_on_both_and_agree_when_greedy(checkpoint_and_export):
     checkpoint, folder = checkpoint_and_export

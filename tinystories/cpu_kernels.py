@@ -1,16 +1,18 @@
 """This project's C++ kernels for the CPU (tinystories/kernels/), compiled on first use and then loaded from
 torch's extension cache.
 
-The build takes about 10 s, once per source version, instruction set and torch version; torch keeps it
-under ~/.cache/torch_extensions (TORCH_EXTENSIONS_DIR moves it). It needs a C++ compiler with OpenMP (`c++`,
+The build takes about 10 s, once per source version, instruction set and torch version, each in its own
+folder under torch's extension cache, ~/.cache/torch_extensions (TORCH_EXTENSIONS_DIR moves it). It needs a C++ compiler with OpenMP (`c++`,
 or the one CXX names) and ninja (requirements.txt). The SIMD instructions are those torch detected for its
 own kernels on this processor, passed as Inductor passes them to the C++ it generates.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +46,17 @@ def kernels() -> Any:
     _find_ninja()
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", "-fopenmp", *ARCH_FLAGS.get(capability, [])]
+    source = SOURCES / "float16.cpp"
+    # One folder per source, flags and torch: a change builds afresh instead of loading a stale library.
+    key = hashlib.sha256("\n".join([source.read_text(), *flags, torch.__version__]).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+    folder = root / f"tinystories_kernels-{key}"
+    if not (folder / "tinystories_kernels.so").exists():
+        print("compiling this project's CPU kernel (once; about 10 s)", file=sys.stderr)
     try:
-        cpp_extension.load(f"tinystories_kernels_{capability.lower()}", [str(SOURCES / "float16.cpp")],
-                           extra_cflags=flags, is_python_module=False)
+        folder.mkdir(parents=True, exist_ok=True)
+        cpp_extension.load("tinystories_kernels", [str(source)], extra_cflags=flags, build_directory=str(folder),
+                           is_python_module=False)
         return torch.ops.tinystories_kernels
     except (RuntimeError, OSError) as error:
         raise UserError(f"could not build this project's CPU kernel ({first_line(error)}); it needs a C++ compiler "

@@ -141,6 +141,7 @@ def _single_step_row(idx: torch.Tensor, kv_cache: Optional[AnyKVCache]) -> Optio
 
 def float16_decoder(model: Model) -> Model:
     """`model` (a copy to keep) turned into a Float16Decoder: its linear layers become Float16Linear."""
+    kernels()  # built (or loaded) now, not during the first token
     replace_linears(model, "float16")
     model.__class__ = Float16Decoder  # the same modules and parameters, one method more
     return model
