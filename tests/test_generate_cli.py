@@ -1,6 +1,8 @@
 """generate.py end to end: streaming text, seeds, --json, prompt files, beams, and one-line user errors."""
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -300,3 +302,15 @@ def test_float16_precision_decodes_the_rounded_models_greedy_tokens(tmp_path, mo
         for _ in range(40):  # full forwards of the float32 model holding the float16-rounded weights
             ids.append(int(rounded(torch.tensor([ids]))[0][0, -1].argmax()))
     assert tokens == ids[-40:]
+
+
+def test_a_float16_kernel_that_cannot_be_built_is_one_line(checkpoint, tmp_path):
+    environment = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "CXX": str(tmp_path / "no-such-compiler")}
+    result = subprocess.run([sys.executable, "generate.py", "--model", str(checkpoint), "--precision", "float16"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == "compiling this project's CPU kernel (once; about 10 s)" and len(lines) == 2
+    assert re.fullmatch(r"error: could not build this project's CPU kernel \([^()]*no-such-compiler: not found\); "
+                        r"it needs a C\+\+ compiler with OpenMP \(c\+\+, or set CXX\) and ninja "
+                        r"\(pip install -r requirements.txt\)", lines[1]), lines[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import shutil
 import sys
@@ -38,6 +39,14 @@ def _find_ninja() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+def _reason(error: BaseException) -> str:
+    """The line of a failed build that says why: the compiler's first error, not the commands ninja ran."""
+    lines = [line.strip() for line in str(error).splitlines()[1:]]
+    said = [line for line in lines if line and " -c " not in line and not line.startswith(("FAILED:", "ninja:"))]
+    errors = [line for line in said if "error" in line]
+    return (errors or said or [first_line(error)])[0]
+
+
 @functools.cache
 def kernels() -> Any:
     """torch.ops.tinystories_kernels, the kernels built first if torch's extension cache lacks them."""
@@ -55,9 +64,12 @@ def kernels() -> Any:
         print("compiling this project's CPU kernel (once; about 10 s)", file=sys.stderr)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        # torch warns, over many lines, about any compiler other than the one it was built with; a build
+        # that fails says so in one line below, and one that succeeds works.
+        logging.getLogger(cpp_extension.__name__).setLevel(logging.ERROR)
         cpp_extension.load("tinystories_kernels", [str(source)], extra_cflags=flags, build_directory=str(folder),
                            is_python_module=False)
         return torch.ops.tinystories_kernels
     except (RuntimeError, OSError) as error:
-        raise UserError(f"could not build this project's CPU kernel ({first_line(error)}); it needs a C++ compiler "
+        raise UserError(f"could not build this project's CPU kernel ({_reason(error)}); it needs a C++ compiler "
                         f"with OpenMP (c++, or set CXX) and ninja (pip install -r requirements.txt)") from error
