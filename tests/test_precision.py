@@ -8,6 +8,7 @@ import torch
 from model.model import Model, preset
 from tinystories import cpu_kernels, precision
 from tinystories.cpu_kernels import kernels
+from tinystories.engine import Engine, GenerationRequest
 from tinystories.errors import UserError
 from tinystories.precision import KERNEL_ROWS, int8_rows, rounded_copy
 from tinystories.sampling import SamplingConfig, decoding_model, sample_tokens
@@ -165,3 +166,14 @@ def test_a_weight_beyond_float16s_range_is_refused(model):
         huge.blocks[0].mlp.fc.weight[0, 0] = 70000.0
     with pytest.raises(UserError, match=r"a weight exceeds float16's range \(largest 65504\); use --precision float32"):
         decoding_model(huge, "float16")
+
+
+@pytest.mark.parametrize("sequences", [3, KERNEL_ROWS + 4])  # decoding rows by the kernel, and by F.linear
+def test_float16_engine_decodes_each_sequence_as_alone(model, sequences):
+    decoder = decoding_model(model, "float16")
+    prompts = [[464 + 7 * i, 1310, 3290 + i][:1 + i % 3] for i in range(sequences)]
+    lengths = [12 + i % 5 for i in range(sequences)]  # sequences end at different steps
+    requests = [GenerationRequest(prompt, length, GREEDY, stop_at_eos=False) for prompt, length in zip(prompts, lengths)]
+    batched = Engine(decoder, max_batch=sequences).generate(requests)
+    for prompt, length, result in zip(prompts, lengths, batched):
+        assert result.token_ids == list(sample_tokens(decoder, prompt, length, GREEDY, stop_at_eos=False))

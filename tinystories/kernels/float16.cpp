@@ -54,10 +54,12 @@ float dot(const float* x, const float* y, int64_t K) {
 // About 32K weights per piece of work given to a thread: fewer, and waking the second thread costs more than it saves.
 int64_t grain(int64_t K) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(K, 1)); }
 
-// y = x W^T + b for one row x.
-void gemv(const float* x, const at::Half* w, const float* b, float* y, int64_t N, int64_t K) {
+// y (M, N) = x (M, K) W^T + b (b may be null): each row of W is read once, for all M rows of x.
+void products(const float* x, int64_t M, const at::Half* w, const float* b, float* y, int64_t N, int64_t K) {
   at::parallel_for(0, N, grain(K), [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) y[n] = dot(x, w + n * K, K) + b[n];
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t m = 0; m < M; ++m) y[m * N + n] = dot(x + m * K, w + n * K, K) + (b ? b[n] : 0.0f);
+    }
   });
 }
 
@@ -88,17 +90,8 @@ at::Tensor linear_f16(const at::Tensor& x, const at::Tensor& weight, const std::
   TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == N),
               "linear_f16: bias must be a contiguous float32 tensor of ", N, " values");
   at::Tensor out = at::empty({M, N}, x.options());
-  const float* xs = x.data_ptr<float>();
-  const at::Half* ws = weight.data_ptr<at::Half>();
-  const float* bs = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  float* ys = out.data_ptr<float>();
-  at::parallel_for(0, N, grain(K), [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      for (int64_t m = 0; m < M; ++m) {
-        ys[m * N + n] = dot(xs + m * K, ws + n * K, K) + (bs ? bs[n] : 0.0f);
-      }
-    }
-  });
+  products(x.data_ptr<float>(), M, weight.data_ptr<at::Half>(), bias.has_value() ? bias->data_ptr<float>() : nullptr,
+           out.data_ptr<float>(), N, K);
   return out;
 }
 
@@ -115,14 +108,13 @@ const at::Half* halves(const at::Tensor& t, int64_t numel, const char* name) {
 }
 
 // The final-norm output (C,) for `token` at `position` of row `row` of the cache; its keys and values are stored
-// there.
-// layers holds 12 tensors per block, in Block's order: attention norm weight and bias, qkv weight and bias,
+// there. layers holds 12 tensors per block, in Block's order: attention norm weight and bias, qkv weight and bias,
 // out_proj weight and bias, mlp norm weight and bias, fc weight and bias, proj weight and bias (absent biases
 // as zeros). keys and values: (n_layer, rows, n_head, max_len, head size).
 at::Tensor decode_step_f16(int64_t token, int64_t position, int64_t row, const at::Tensor& token_embedding,
                            const at::Tensor& position_embedding, at::TensorList layers, const at::Tensor& final_weight,
-                           const at::Tensor& final_bias, const at::Tensor& keys,
-                           const at::Tensor& values, int64_t n_head, double eps, bool tanh_gelu) {
+                           const at::Tensor& final_bias, const at::Tensor& keys, const at::Tensor& values,
+                           int64_t n_head, double eps, bool tanh_gelu) {
   const int64_t V = token_embedding.size(0), C = token_embedding.size(1), L = keys.size(0);
   const int64_t H = n_head, D = C / H, S = keys.size(3), F = 4 * C;
   TORCH_CHECK(keys.dim() == 5 && keys.sizes() == values.sizes() && keys.size(2) == H && keys.size(4) == D,
@@ -130,17 +122,20 @@ at::Tensor decode_step_f16(int64_t token, int64_t position, int64_t row, const a
   TORCH_CHECK(static_cast<int64_t>(layers.size()) == 12 * L, "decode_step_f16: 12 tensors per layer expected");
   TORCH_CHECK(0 <= token && token < V && 0 <= position && position < std::min(S, position_embedding.size(0)) &&
               0 <= row && row < keys.size(1), "decode_step_f16: token, position or row out of range");
-  float* key_cache = const_cast<float*>(floats(keys, keys.numel(), "keys"));
-  float* value_cache = const_cast<float*>(floats(values, values.numel(), "values"));
+  floats(keys, keys.numel(), "keys");  // checked as the inputs are, then written
+  floats(values, values.numel(), "values");
+  float* key_cache = keys.data_ptr<float>();
+  float* value_cache = values.data_ptr<float>();
   std::vector<float> x(C), h(C), qkv(3 * C), y(C), f(F), out(C);
   const float* embedding = floats(token_embedding, V * C, "token_embedding") + token * C;
-  const float* place = floats(position_embedding, position_embedding.numel(), "position_embedding") + position * C;
+  const float* place = floats(position_embedding, position_embedding.size(0) * C, "position_embedding") + position * C;
   for (int64_t c = 0; c < C; ++c) x[c] = embedding[c] + place[c];
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor* p = &layers[12 * l];
     layer_norm(x.data(), floats(p[0], C, "norm weight"), floats(p[1], C, "norm bias"), h.data(), C, eps);
-    gemv(h.data(), halves(p[2], 3 * C * C, "qkv weight"), floats(p[3], 3 * C, "qkv bias"), qkv.data(), 3 * C, C);
+    products(h.data(), 1, halves(p[2], 3 * C * C, "qkv weight"), floats(p[3], 3 * C, "qkv bias"), qkv.data(), 3 * C,
+             C);
     at::parallel_for(0, H, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> weights(position + 1);
       for (int64_t head = begin; head < end; ++head) {
@@ -165,12 +160,12 @@ at::Tensor decode_step_f16(int64_t token, int64_t position, int64_t row, const a
         }
       }
     });
-    gemv(y.data(), halves(p[4], C * C, "out_proj weight"), floats(p[5], C, "out_proj bias"), out.data(), C, C);
+    products(y.data(), 1, halves(p[4], C * C, "out_proj weight"), floats(p[5], C, "out_proj bias"), out.data(), C, C);
     for (int64_t c = 0; c < C; ++c) x[c] += out[c];
     layer_norm(x.data(), floats(p[6], C, "norm weight"), floats(p[7], C, "norm bias"), h.data(), C, eps);
-    gemv(h.data(), halves(p[8], F * C, "fc weight"), floats(p[9], F, "fc bias"), f.data(), F, C);
+    products(h.data(), 1, halves(p[8], F * C, "fc weight"), floats(p[9], F, "fc bias"), f.data(), F, C);
     for (int64_t i = 0; i < F; ++i) f[i] = gelu(f[i], tanh_gelu);
-    gemv(f.data(), halves(p[10], C * F, "proj weight"), floats(p[11], C, "proj bias"), out.data(), C, F);
+    products(f.data(), 1, halves(p[10], C * F, "proj weight"), floats(p[11], C, "proj bias"), out.data(), C, F);
     for (int64_t c = 0; c < C; ++c) x[c] += out[c];
   }
   at::Tensor hidden = at::empty({C}, token_embedding.options());
