@@ -1,5 +1,5 @@
 """tinystories.precision: float16 and int8 decoding compute what the rounded float32 model computes; the float16
-kernels (tinystories/kernels/float16.cpp) against torch's own float32 product."""
+kernels (tinystories/kernels/decoding.cpp) against torch's own float32 product."""
 import copy
 
 import pytest
@@ -50,37 +50,38 @@ def rounded_copy_of_one_linear(weight: torch.Tensor, precision: str) -> torch.Te
     return rounded_copy(model, precision).blocks[0].mlp.fc.weight[:1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("rows, outputs, inputs, bias", [
     (1, 7, 3, True),  # shorter than one SIMD register: the scalar tail alone
     (3, 50, 37, False),  # whole registers and a tail
     (KERNEL_ROWS, 130, 384, True),
     (1, 5000, 64, True),  # enough output rows for both threads
 ])
-def test_float16_kernel_is_torchs_float32_product_of_the_rounded_weights(rows, outputs, inputs, bias):
+def test_kernel_product_is_torchs_of_the_same_weights(rows, outputs, inputs, bias, dtype):
     generator = torch.Generator().manual_seed(rows * outputs)
     x = torch.randn(rows, inputs, generator=generator)
-    weight = torch.randn(outputs, inputs, generator=generator).to(torch.float16)
+    weight = torch.randn(outputs, inputs, generator=generator).to(dtype)
     b = torch.randn(outputs, generator=generator) if bias else None
     expected = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
-    ours = kernels().linear_f16(x, weight, b)
+    ours = kernels().linear(x, weight, b)
     assert ours.dtype == torch.float32 and ours.shape == (rows, outputs)
     assert torch.allclose(ours.double(), expected, rtol=0, atol=1e-5 * inputs ** 0.5)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert torch.equal(kernels().linear_f16(x, weight, b), ours)  # each output row is summed by one thread, in one order
+        assert torch.equal(kernels().linear(x, weight, b), ours)  # each output row is summed by one thread, in one order
     finally:
         torch.set_num_threads(threads)
 
 
-def test_float16_kernel_refuses_what_it_cannot_multiply():
+def test_kernel_product_refuses_what_it_cannot_multiply():
     weight = torch.zeros(4, 8, dtype=torch.float16)
     with pytest.raises(RuntimeError, match="x has 6 columns but weight has 8"):
-        kernels().linear_f16(torch.zeros(1, 6), weight, None)
-    with pytest.raises(RuntimeError, match="weight must be a contiguous float16"):
-        kernels().linear_f16(torch.zeros(1, 8), weight.float(), None)
+        kernels().linear(torch.zeros(1, 6), weight, None)
+    with pytest.raises(RuntimeError, match="weight must be a contiguous float16 or float32"):
+        kernels().linear(torch.zeros(1, 8), weight.double(), None)
     with pytest.raises(RuntimeError, match="bias must be a contiguous float32 tensor of 4 values"):
-        kernels().linear_f16(torch.zeros(1, 8), weight, torch.zeros(5))
+        kernels().linear(torch.zeros(1, 8), weight, torch.zeros(5))
 
 
 @pytest.mark.parametrize("precision", ["float16", "int8"])
@@ -100,7 +101,7 @@ def test_decoder_computes_the_rounded_model(model, precision, length):
 
 
 class CountedKernels:
-    """The real kernels, counting the calls of decode_step_f16."""
+    """The real kernels, counting the calls of decode_step."""
 
     def __init__(self) -> None:
         self.steps = 0
@@ -108,19 +109,20 @@ class CountedKernels:
     def __getattr__(self, name: str):
         return getattr(cpu_kernels.kernels(), name)
 
-    def decode_step_f16(self, *arguments):
+    def decode_step(self, *arguments):
         self.steps += 1
-        return cpu_kernels.kernels().decode_step_f16(*arguments)
+        return cpu_kernels.kernels().decode_step(*arguments)
 
 
+@pytest.mark.parametrize("weights", ["float32", "float16"])
 @pytest.mark.parametrize("activation, bias", [("gelu", True), ("gelu_new", False)])
-def test_float16_one_step_kernel_is_the_models_own_path(activation, bias, monkeypatch):
+def test_one_step_kernel_is_the_models_own_path(activation, bias, weights, monkeypatch):
     torch.manual_seed(1)
     model = Model(preset("tiny", dropout=0.0, activation=activation, bias=bias))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.1)
-    decoder = decoding_model(model.eval(), "float16")
+    decoder = decoding_model(model.eval(), weights)
     counted = CountedKernels()
     monkeypatch.setattr(precision, "kernels", lambda: counted)
     token = torch.tensor([[4321]])

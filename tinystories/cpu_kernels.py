@@ -55,7 +55,7 @@ def kernels() -> Any:
     _find_ninja()
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", "-fopenmp", *ARCH_FLAGS.get(capability, [])]
-    source = SOURCES / "float16.cpp"
+    source = SOURCES / "decoding.cpp"
     # One folder per source, flags and torch: a change builds afresh instead of loading a stale library.
     key = hashlib.sha256("\n".join([source.read_text(), *flags, torch.__version__]).encode()).hexdigest()[:16]
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())

@@ -1,12 +1,14 @@
 """Decoding precisions, as the linear layers of a decoder: float32 (exact, the default), float16 weights and
 int8 weight-only products.
 
-One decoded token reads every weight once, so on a CPU its time is mostly memory traffic. float32 prepacks the
-weights for oneDNN (where it can), which reads them at close to the memory's speed. The other modes store
-the matrices of the linear layers in fewer bytes, while activations, sums, norms, attention and the token
-embedding stay float32:
-- float16: each weight rounded to the nearest float16; half the bytes. Products by this project's kernel
-  (tinystories/kernels/float16.cpp), which converts weights to float32 as it streams them.
+One decoded token reads every weight once, so on a CPU its time is mostly memory traffic. On the CPU, float32
+and float16 decoders are StepDecoders: each step of single-stream decoding is one call of this project's
+kernel (tinystories/kernels/decoding.cpp), which streams the weights at the memory's speed, and Model's
+modules do the rest (prompts, batches). float32 prepacks the weights for oneDNN for the rest; where the
+kernel cannot be built, it does everything so, more slowly. The other modes store the matrices of the linear
+layers in fewer bytes, while activations, sums, norms, attention and the token embedding stay float32:
+- float16: each weight rounded to the nearest float16; half the bytes. The kernel converts weights to float32
+  as it streams them, in the products of a step and in those of up to KERNEL_ROWS rows.
 - int8: one float32 scale per output row, rows rounded symmetrically, w ≈ round(w / s) * s with
   s = max|w_row| / 127; a quarter of the bytes. Products by `aten._weight_int8pack_mm`.
 
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Optional
+import sys
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -46,14 +49,20 @@ def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class PackedLinear(nn.Module):
     """nn.Linear with its weight prepacked for oneDNN: on the CPU, a one-row product reads the weight at
-    close to memory bandwidth, where the default BLAS call runs on one thread at a third of it."""
+    close to memory bandwidth, where the default BLAS call runs on one thread at a third of it. With `kernel`,
+    it also keeps the plain weight, and a one-row product (a step of single-stream decoding) is this
+    project's kernel's, which reads it faster still."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, kernel: bool = False) -> None:
         super().__init__()
         self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
         self.bias = None if linear.bias is None else linear.bias.detach()
+        self.plain_weight = linear.weight.detach() if kernel else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.plain_weight is not None and x.numel() == x.shape[-1]:
+            rows = kernels().linear(x.reshape(1, -1).contiguous(), self.plain_weight, self.bias)
+            return rows.view(*x.shape[:-1], self.plain_weight.shape[0])
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
@@ -89,23 +98,23 @@ class Float16Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] <= KERNEL_ROWS:
-            out = kernels().linear_f16(rows.contiguous(), self.weight, self.bias)
+            out = kernels().linear(rows.contiguous(), self.weight, self.bias)
         else:
             out = F.linear(rows, self.weight.float(), self.bias)
         return out.view(*x.shape[:-1], self.weight.shape[0])
 
 
-class Float16Decoder(Model):
-    """A Model with Float16Linear layers whose hidden_states, for one new token of one sequence through a cache
-    (each step of single-stream decoding), is one call of the kernel's decode_step_f16; other inputs take
-    Model's path through the same weights."""
+class StepDecoder(Model):
+    """A Model with Float16Linear or PackedLinear(kernel=True) layers whose hidden_states, for one new token of
+    one sequence through a cache (each step of single-stream decoding), is one call of the kernel's decode_step;
+    other inputs take Model's path through the same weights."""
 
     def hidden_states(self, idx: torch.Tensor, kv_cache: Optional[AnyKVCache] = None) -> torch.Tensor:
         row = _single_step_row(idx, kv_cache)
         if row is None:
             return super().hidden_states(idx, kv_cache)
         position = int(kv_cache.positions(1, idx.device)[0])
-        hidden = kernels().decode_step_f16(
+        hidden = kernels().decode_step(
             int(idx[0, 0]), position, row, self.token_embedding.weight, self.position_embedding.weight,
             self._step_tensors, self.final_norm.weight, _or_zeros(self.final_norm.bias, self.final_norm.weight),
             kv_cache.keys, kv_cache.values, self.config.n_head, self.config.layer_norm_epsilon,
@@ -115,12 +124,13 @@ class Float16Decoder(Model):
 
     @functools.cached_property
     def _step_tensors(self) -> list[torch.Tensor]:
-        """Each block's weights in decode_step_f16's order, absent biases as zeros."""
+        """Each block's weights in decode_step's order, absent biases as zeros."""
         tensors = []
         for block in self.blocks:
             for module in (block.attn_norm, block.attn.qkv, block.attn.out_proj, block.mlp_norm, block.mlp.fc,
                            block.mlp.proj):
-                tensors += [module.weight, _or_zeros(module.bias, module.weight)]
+                weight = module.plain_weight if isinstance(module, PackedLinear) else module.weight
+                tensors += [weight, _or_zeros(module.bias, weight)]
         return tensors
 
 
@@ -129,7 +139,7 @@ def _or_zeros(bias: Optional[torch.Tensor], weight: torch.Tensor) -> torch.Tenso
 
 
 def _single_step_row(idx: torch.Tensor, kv_cache: Optional[AnyKVCache]) -> Optional[int]:
-    """The cache row that idx, one token, continues, if decode_step_f16 can take it; else None."""
+    """The cache row that idx, one token, continues, if decode_step can take it; else None."""
     if idx.shape != (1, 1) or kv_cache is None or kv_cache.keys.dtype != torch.float32:
         return None
     if isinstance(kv_cache, KVCache) and kv_cache.keys.shape[1] == 1 and kv_cache.length < kv_cache.max_len:
@@ -139,15 +149,33 @@ def _single_step_row(idx: torch.Tensor, kv_cache: Optional[AnyKVCache]) -> Optio
     return None
 
 
-def float16_decoder(model: Model) -> Model:
-    """`model` (a copy to keep) turned into a Float16Decoder: its linear layers become Float16Linear."""
+STEP_LINEARS: dict[str, Callable[[nn.Linear], nn.Module]] = {
+    "float32": functools.partial(PackedLinear, kernel=True), "float16": Float16Linear}
+
+
+def step_decoder(model: Model, precision: str) -> Model:
+    """`model` (a copy to keep) turned into a StepDecoder of `precision`, float32 or float16. UserError if the
+    kernels cannot be built."""
     kernels()  # built (or loaded) now, not during the first token
-    replace_linears(model, "float16")
-    model.__class__ = Float16Decoder  # the same modules and parameters, one method more
+    replace_linears(model, STEP_LINEARS[precision])
+    model.__class__ = StepDecoder  # the same modules and parameters, one method more
     return model
 
 
-LINEARS = {"float32": PackedLinear, "float16": Float16Linear, "int8": Int8Linear}
+def float32_decoder(model: Model) -> Model:
+    """`model` (a copy to keep, float32 on the CPU) as a float32 StepDecoder; where the kernels cannot be
+    built, with PackedLinear layers only, as fast as before the kernels existed, after one note on stderr."""
+    try:
+        return step_decoder(model, "float32")
+    except UserError as error:
+        _note_once(f"note: decoding without this project's CPU kernel, more slowly: {error}")
+        replace_linears(model, PackedLinear)
+        return model
+
+
+@functools.cache
+def _note_once(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def can_pack(model: Model) -> bool:
@@ -157,12 +185,12 @@ def can_pack(model: Model) -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def replace_linears(model: Model, precision: str) -> None:
-    """Replace every nn.Linear of `model` (the output layer included) by the `precision` one, in place."""
+def replace_linears(model: Model, make: Callable[[nn.Linear], nn.Module]) -> None:
+    """Replace every nn.Linear of `model` (the output layer included) by make(it), in place."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(module, name, LINEARS[precision](child))
+                setattr(module, name, make(child))
 
 
 def rounded(weight: torch.Tensor, precision: str) -> torch.Tensor:

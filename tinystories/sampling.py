@@ -26,7 +26,7 @@ import torch.nn as nn
 from model.model import Model
 from tinystories.checks import require_token_ids_within
 from tinystories.errors import UserError
-from tinystories.precision import PRECISIONS, can_pack, float16_decoder, replace_linears
+from tinystories.precision import PRECISIONS, Int8Linear, can_pack, float32_decoder, replace_linears, step_decoder
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 
@@ -169,9 +169,11 @@ def decoding_model(model: Model, precision: str = "float32") -> Model:
     if precision != "float32" and not on_cpu:
         raise UserError(f"--precision {precision} runs on the CPU only (use --device cpu, or float32 on GPUs)")
     if precision == "float16":
-        decoder = float16_decoder(decoder)
-    elif precision == "int8" or (on_cpu and can_pack(decoder)):
-        replace_linears(decoder, precision)
+        decoder = step_decoder(decoder, "float16")
+    elif precision == "int8":
+        replace_linears(decoder, Int8Linear)
+    elif on_cpu and can_pack(decoder):
+        decoder = float32_decoder(decoder)
     decoder.lm_head = _LastPositionHead(decoder.lm_head)
     return decoder
 
