@@ -179,3 +179,30 @@ def test_float16_engine_decodes_each_sequence_as_alone(model, sequences):
     batched = Engine(decoder, max_batch=sequences).generate(requests)
     for prompt, length, result in zip(prompts, lengths, batched):
         assert result.token_ids == list(sample_tokens(decoder, prompt, length, GREEDY, stop_at_eos=False))
+
+
+@pytest.mark.parametrize("mode", ["float16", "int8"])
+def test_the_reduced_precisions_refuse_a_model_not_in_float32(model, mode):
+    with pytest.raises(UserError, match=f"--precision {mode} needs a float32 model, not bfloat16"):
+        decoding_model(copy.deepcopy(model).to(torch.bfloat16), mode)
+
+
+def test_float32_without_the_kernels_decodes_by_onednn_after_one_note(model, monkeypatch, capsys):
+    def cannot_build():
+        raise UserError("could not build this project's CPU kernel (no compiler here)")
+    monkeypatch.setattr(precision, "kernels", cannot_build)
+    precision._note_once.cache_clear()
+    try:
+        decoders = [decoding_model(model), decoding_model(model)]
+        assert capsys.readouterr().err == ("note: decoding without this project's CPU kernel, more slowly: could not "
+                                           "build this project's CPU kernel (no compiler here)\n")  # once
+    finally:
+        precision._note_once.cache_clear()
+    idx = torch.randint(0, 50257, (1, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model(idx)[0][:, -1:]
+        for decoder in decoders:
+            assert not isinstance(decoder, precision.StepDecoder)
+            cache = decoder.new_kv_cache(1)
+            decoder(idx[:, :11], kv_cache=cache)
+            assert (decoder(idx[:, 11:], kv_cache=cache)[0] - expected).abs().max() <= 1e-4

@@ -165,9 +165,12 @@ def decoding_model(model: Model, precision: str = "float32") -> Model:
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     decoder = copy.deepcopy(model).eval()
-    on_cpu = decoder.token_embedding.weight.device.type == "cpu"
+    weight = decoder.token_embedding.weight
+    on_cpu = weight.device.type == "cpu"
     if precision != "float32" and not on_cpu:
         raise UserError(f"--precision {precision} runs on the CPU only (use --device cpu, or float32 on GPUs)")
+    if precision != "float32" and weight.dtype != torch.float32:
+        raise UserError(f"--precision {precision} needs a float32 model, not {str(weight.dtype).removeprefix('torch.')}")
     if precision == "float16":
         decoder = step_decoder(decoder, "float16")
     elif precision == "int8":
