@@ -206,3 +206,16 @@ def test_float32_without_the_kernels_decodes_by_onednn_after_one_note(model, mon
             cache = decoder.new_kv_cache(1)
             decoder(idx[:, :11], kv_cache=cache)
             assert (decoder(idx[:, 11:], kv_cache=cache)[0] - expected).abs().max() <= 1e-4
+
+
+def test_a_converted_decoder_steps_with_its_new_tensors(model):
+    decoder = decoding_model(model, "float16")
+    token = torch.tensor([[4321]])
+    with torch.no_grad():
+        cache = decoder.new_kv_cache(1)
+        decoder(torch.tensor([[464, 1310]]), kv_cache=cache)
+        decoder.hidden_states(token, copy.deepcopy(cache))  # the step's tensors are gathered
+        decoder.float()  # the float16 matrices become new float32 tensors
+        decoder.blocks[0].mlp.fc.weight.mul_(3.0)
+        expected = Model.hidden_states(decoder, token, copy.deepcopy(cache))
+        assert (decoder.hidden_states(token, cache) - expected).abs().max() <= 1e-4

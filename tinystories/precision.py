@@ -116,16 +116,15 @@ class StepDecoder(Model):
         position = int(kv_cache.positions(1, idx.device)[0])
         hidden = kernels().decode_step(
             int(idx[0, 0]), position, row, self.token_embedding.weight, self.position_embedding.weight,
-            self._step_tensors(), self.final_norm.weight, _or_zeros(self.final_norm.bias, self.final_norm.weight),
+            self._step_tensors, self.final_norm.weight, _or_zeros(self.final_norm.bias, self.final_norm.weight),
             kv_cache.keys, kv_cache.values, self.config.n_head, self.config.layer_norm_epsilon,
             self.config.activation == "gelu_new")
         kv_cache.advance(1)
         return hidden.view(1, 1, -1)
 
+    @functools.cached_property
     def _step_tensors(self) -> list[torch.Tensor]:
-        """Each block's weights in decode_step's order, absent biases as zeros. Gathered at every step (some
-        microseconds), so that a decoder whose tensors were replaced (`.to()`, `.float()`) never steps with
-        the old ones."""
+        """Each block's weights in decode_step's order, absent biases as zeros (gathering them takes 0.15 ms)."""
         tensors = []
         for block in self.blocks:
             for module in (block.attn_norm, block.attn.qkv, block.attn.out_proj, block.mlp_norm, block.mlp.fc,
@@ -133,6 +132,10 @@ class StepDecoder(Model):
                 weight = module.plain_weight if isinstance(module, PackedLinear) else module.weight
                 tensors += [weight, _or_zeros(module.bias, weight)]
         return tensors
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> StepDecoder:
+        self.__dict__.pop("_step_tensors", None)  # .to(), .float() and the like replace tensors: gather again
+        return super()._apply(fn, recurse)
 
 
 def _or_zeros(bias: Optional[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
