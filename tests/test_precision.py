@@ -69,7 +69,8 @@ def test_kernel_product_is_torchs_of_the_same_weights(rows, outputs, inputs, bia
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert torch.equal(kernels().linear(x, weight, b), ours)  # each output row is summed by one thread, in one order
+        # each output row is summed by one thread, in one order
+        assert torch.equal(kernels().linear(x, weight, b), ours)
     finally:
         torch.set_num_threads(threads)
 
@@ -175,7 +176,8 @@ def test_float16_engine_decodes_each_sequence_as_alone(model, sequences):
     decoder = decoding_model(model, "float16")
     prompts = [[464 + 7 * i, 1310, 3290 + i][:1 + i % 3] for i in range(sequences)]
     lengths = [12 + i % 5 for i in range(sequences)]  # sequences end at different steps
-    requests = [GenerationRequest(prompt, length, GREEDY, stop_at_eos=False) for prompt, length in zip(prompts, lengths)]
+    requests = [GenerationRequest(prompt, length, GREEDY, stop_at_eos=False)
+                for prompt, length in zip(prompts, lengths)]
     batched = Engine(decoder, max_batch=sequences).generate(requests)
     for prompt, length, result in zip(prompts, lengths, batched):
         assert result.token_ids == list(sample_tokens(decoder, prompt, length, GREEDY, stop_at_eos=False))

@@ -2,9 +2,9 @@
 torch's extension cache.
 
 The build takes about 10 s, once per source version, instruction set and torch version, each in its own
-folder under torch's extension cache, ~/.cache/torch_extensions (TORCH_EXTENSIONS_DIR moves it). It needs a C++ compiler with OpenMP (`c++`,
-or the one CXX names) and ninja (requirements.txt). The SIMD instructions are those torch detected for its
-own kernels on this processor, passed as Inductor passes them to the C++ it generates.
+folder under torch's extension cache, ~/.cache/torch_extensions (TORCH_EXTENSIONS_DIR moves it). It needs a
+C++ compiler with OpenMP (`c++`, or the one CXX names) and ninja (requirements.txt). The SIMD instructions
+follow torch's own detection on this processor, passed as Inductor passes them to the C++ it generates.
 """
 from __future__ import annotations
 
@@ -29,9 +29,6 @@ AVX2_FLAGS = ["-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"]
 ARCH_FLAGS = {"AVX2": AVX2_FLAGS, "AVX512": AVX2_FLAGS}
 
 
-_failures: list[UserError] = []  # the build's failure in this process, if it failed
-
-
 def _find_ninja() -> None:
     """Put the ninja of the `ninja` package on PATH when none is there (a virtual environment not activated)."""
     if shutil.which("ninja") is None:
@@ -50,12 +47,18 @@ def _reason(error: BaseException) -> str:
     return (errors or said or [first_line(error)])[0]
 
 
-@functools.cache
 def kernels() -> Any:
     """torch.ops.tinystories_kernels, the kernels built first if torch's extension cache lacks them. A build
     that failed is not tried again in this process: the same UserError is raised."""
-    if _failures:
-        raise _failures[0]
+    loaded = _load()
+    if isinstance(loaded, UserError):
+        raise loaded
+    return loaded
+
+
+@functools.cache
+def _load() -> Any:
+    """The kernels' namespace, or the UserError saying why they could not be built."""
     from torch.utils import cpp_extension
 
     _find_ninja()
@@ -79,9 +82,7 @@ def kernels() -> Any:
                            is_python_module=False)
         return torch.ops.tinystories_kernels
     except (RuntimeError, OSError) as error:
-        _failures.append(UserError(f"could not build this project's CPU kernel ({_reason(error)}); it needs a C++ "
-                                   f"compiler with OpenMP (c++, or set CXX) and ninja (pip install -r "
-                                   f"requirements.txt)"))
-        raise _failures[0] from error
+        return UserError(f"could not build this project's CPU kernel ({_reason(error)}); it needs a C++ compiler "
+                         f"with OpenMP (c++, or set CXX) and ninja (pip install -r requirements.txt)")
     finally:
         logger.setLevel(level)

@@ -158,24 +158,24 @@ class _LastPositionHead(nn.Module):
 def decoding_model(model: Model, precision: str = "float32") -> Model:
     """A copy of `model` for generation only: forward returns the logits of the last position, (B, 1, V).
 
-    float32: on the CPU its linear layers are prepacked for oneDNN; logits agree with `model` to float
-    rounding. float16 and int8 (CPU only): the weights of the linear layers in fewer bytes, products in
-    float32 (tinystories.precision).
+    float32: on the CPU each step of a lone sequence is one call of this project's kernel and the rest runs on
+    weights prepacked for oneDNN; logits agree with `model` to float rounding. float16 and int8 (CPU only): the
+    weights of the linear layers in fewer bytes, products in float32 (tinystories.precision).
     """
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     decoder = copy.deepcopy(model).eval()
     weight = decoder.token_embedding.weight
-    on_cpu = weight.device.type == "cpu"
-    if precision != "float32" and not on_cpu:
+    if precision != "float32" and weight.device.type != "cpu":
         raise UserError(f"--precision {precision} runs on the CPU only (use --device cpu, or float32 on GPUs)")
     if precision != "float32" and weight.dtype != torch.float32:
-        raise UserError(f"--precision {precision} needs a float32 model, not {str(weight.dtype).removeprefix('torch.')}")
+        dtype = str(weight.dtype).removeprefix("torch.")
+        raise UserError(f"--precision {precision} needs a float32 model, not {dtype}")
     if precision == "float16":
         decoder = step_decoder(decoder, "float16")
     elif precision == "int8":
         replace_linears(decoder, Int8Linear)
-    elif on_cpu and can_pack(decoder):
+    elif can_pack(decoder):  # float32 on the CPU
         decoder = float32_decoder(decoder)
     decoder.lm_head = _LastPositionHead(decoder.lm_head)
     return decoder

@@ -162,7 +162,8 @@ at::Tensor step(int64_t token, int64_t position, int64_t row, const at::Tensor& 
         }
       }
     });
-    products(y.data(), 1, matrix<W>(p[4], C * C, "out_proj weight"), floats(p[5], C, "out_proj bias"), out.data(), C, C);
+    products(y.data(), 1, matrix<W>(p[4], C * C, "out_proj weight"), floats(p[5], C, "out_proj bias"), out.data(), C,
+             C);
     for (int64_t c = 0; c < C; ++c) x[c] += out[c];
     layer_norm(x.data(), floats(p[6], C, "norm weight"), floats(p[7], C, "norm bias"), h.data(), C, eps);
     products(h.data(), 1, matrix<W>(p[8], F * C, "fc weight"), floats(p[9], F, "fc bias"), f.data(), F, C);
