@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 
-from tinystories.benchmark import BenchConfig, format_table, run_benchmark
+from tinystories.bench.harness import BenchConfig
+from tinystories.bench.run import format_table, run_benchmark
 from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.errors import run_main
 from tinystories.files import check_output_file, write_json

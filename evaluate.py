@@ -1,6 +1,6 @@
 """Measure models side by side: exact loss, perplexity and bits per byte on a split, optionally the quality of
 completions of the split's first sentences, and grades of story completions from an LLM judge (definitions in
-tinystories/evaluation.py, tinystories/judge.py and the README). A model is one of our checkpoints or a Hugging
+tinystories/evaluation/metrics.py, tinystories/evaluation/judge.py and the README). A model is one of our checkpoints or a Hugging
 Face causal LM (folder or Hub id).
 
     python evaluate.py --model results/checkpoints/best_model.pth --split validation --generate 100
@@ -14,24 +14,42 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from tinystories.beginnings import read_beginnings, story_beginning
 from tinystories.checks import require_at_least
 from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.data import load_tokens, read_stories
 from tinystories.data.pipeline import encode_stories
-from tinystories.engine import default_batch_size
 from tinystories.errors import UserError, run_main
-from tinystories.evaluation import (ConcatenatedTokens, Tokens, count_stories, first_sentence, first_stories,
-                                   generation_quality, story_texts, stream_loss)
+from tinystories.evaluation.beginnings import read_beginnings, story_beginning
+from tinystories.evaluation.judge import (
+    AGE_GROUPS,
+    CRITERIA,
+    PROMPT_VERSION,
+    Grading,
+    GradingCache,
+    Judge,
+    JudgeConfig,
+    grade_all,
+    grading_records,
+    judge_report,
+)
+from tinystories.evaluation.metrics import (
+    ConcatenatedTokens,
+    Tokens,
+    count_stories,
+    first_sentence,
+    first_stories,
+    generation_quality,
+    story_texts,
+    stream_loss,
+)
+from tinystories.evaluation.subjects import DEFAULT_BLOCK_SIZE, CheckpointSubject, Subject, load_subject
 from tinystories.files import atomic_write, check_output_file, folders_removed_on_failure, write_json, write_json_lines
+from tinystories.generation.requests import SequenceResult, default_batch_size
+from tinystories.generation.sampling import SamplingConfig
+from tinystories.generation.weight_formats import WEIGHT_FORMAT_HELP, WEIGHT_FORMATS
 from tinystories.hardware import DEVICE_HELP, resolve_device
-from tinystories.judge import (AGE_GROUPS, CRITERIA, PROMPT_VERSION, Grading, GradingCache, Judge, JudgeConfig,
-                               grade_all, grading_records, judge_report)
-from tinystories.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL
 from tinystories.memory import loss_bytes, require_fits, window_bytes
-from tinystories.precision import PRECISION_HELP, PRECISIONS
-from tinystories.sampling import Completion, SamplingConfig
-from tinystories.subjects import DEFAULT_BLOCK_SIZE, CheckpointSubject, Subject, load_subject
+from tinystories.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL
 from tinystories.tokenizer import get_tokenizer
 
 SPLITS = ["train", "validation", "test", "all"]
@@ -59,7 +77,7 @@ class EvaluateConfig:
     output: str = field(default="results/evaluation.json", metadata={"help": "where the JSON report goes"})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     precision: str = field(default="float32", metadata={
-        "choices": list(PRECISIONS), "help": PRECISION_HELP + " (our checkpoints only); the loss is that of the "
+        "choices": list(WEIGHT_FORMATS), "help": WEIGHT_FORMAT_HELP + " (our checkpoints only); the loss is that of the "
                                                               "rounded weights"})
     generate: int = field(default=0, metadata={
         "help": "also complete the first sentences of the first N stories and measure the completions"})
@@ -114,7 +132,7 @@ def judge_beginnings(config: EvaluateConfig, judging: JudgeConfig) -> tuple[list
     return [story_beginning(story, config.seed, number) for number, story in enumerate(stories)], source
 
 
-def write_completions(path: Path, completions: list[tuple[str, list[Completion]]]) -> None:
+def write_completions(path: Path, completions: list[tuple[str, list[SequenceResult]]]) -> None:
     """Every model's completions, for reading; a model's name heads each block when there are several."""
     blocks = []
     for name, model_completions in completions:
@@ -193,7 +211,7 @@ def summary(report: dict[str, Any]) -> str:
 
 def evaluate_subject(subject: Subject, tokens: Tokens, config: EvaluateConfig, sampling: SamplingConfig,
                      prompts: list[str], beginnings: list[str], judge: Optional[Judge],
-                     cache: Optional[GradingCache]) -> tuple[dict[str, Any], list[Completion], list[Grading]]:
+                     cache: Optional[GradingCache]) -> tuple[dict[str, Any], list[SequenceResult], list[Grading]]:
     """One model's column of the report, its first-sentence completions and its gradings."""
     progress = sys.stderr.isatty()
     result = stream_loss(subject, tokens, config.batch_size, progress=progress)
@@ -251,7 +269,7 @@ def evaluate_and_report(config: EvaluateConfig, sampling: SamplingConfig, judgin
         "judge": None, "models": [],
     }
     written = [output]
-    completions: list[tuple[str, list[Completion]]] = []
+    completions: list[tuple[str, list[SequenceResult]]] = []
     records: list[dict[str, Any]] = []
     for subject in subjects:
         column, subject_completions, gradings = evaluate_subject(subject, tokens, config, sampling, prompts,

@@ -15,8 +15,8 @@ from tinystories.checkpoint import load_model, model_checkpoint, save_checkpoint
 from tinystories.cli import ArgumentParser
 from tinystories.errors import UserError, run_main
 from tinystories.files import check_output_file
-from tinystories.gguf_export import EXACT_GELU_WARNING, OUTTYPES, save_gguf
-from tinystories.hf import load_hf, save_hf
+from tinystories.interop.gguf import EXACT_GELU_WARNING, OUTTYPES, save_gguf
+from tinystories.interop.hf import load_hf, save_hf
 
 
 def main() -> None:

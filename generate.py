@@ -17,16 +17,18 @@ import torch
 
 from tinystories.checks import require_at_least
 from tinystories.cli import ArgumentParser, parse_dataclasses
-from tinystories.engine import (Engine, GenerationRequest, as_completion, check_cache_fits, default_batch_size,
-                                sequence_seed)
 from tinystories.errors import UserError, run_main
+from tinystories.evaluation.subjects import CheckpointSubject, HuggingFaceSubject, load_subject
 from tinystories.files import atomic_write, check_output_file, folders_removed_on_failure, read_text_file
+from tinystories.generation.beams import beam_complete
+from tinystories.generation.decoders import decoding_model
+from tinystories.generation.engine import Engine
+from tinystories.generation.requests import GenerationRequest, SequenceResult, default_batch_size, sequence_seed
+from tinystories.generation.sampling import SamplingConfig
+from tinystories.generation.weight_formats import WEIGHT_FORMAT_HELP, WEIGHT_FORMATS
 from tinystories.hardware import DEVICE_HELP, resolve_device
 from tinystories.memory import require_fits, sequence_bytes
 from tinystories.paths import DEFAULT_MODEL
-from tinystories.precision import PRECISION_HELP, PRECISIONS
-from tinystories.sampling import Completion, SamplingConfig, complete, decoding_model
-from tinystories.subjects import CheckpointSubject, HuggingFaceSubject, load_subject
 from tinystories.tokenizer import get_tokenizer
 
 
@@ -50,7 +52,7 @@ class GenerateConfig:
                 "2 x n_layer x block_size x n_embd x 4 bytes (9 MiB for the 33M model)"})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     precision: str = field(default="float32", metadata={
-        "choices": list(PRECISIONS), "help": PRECISION_HELP + " (our checkpoints only)"})
+        "choices": list(WEIGHT_FORMATS), "help": WEIGHT_FORMAT_HELP + " (our checkpoints only)"})
     ignore_eos: bool = field(default=False, metadata={
         "help": "keep generating after <|endoftext|> (which then appears in the text) until --max_tokens"})
     json: bool = field(default=False, metadata={
@@ -97,30 +99,31 @@ def label(config: GenerateConfig, prompts: list[str], prompt_number: int, sample
     return f"=== prompt {prompt_number}/{len(prompts)}, sample {sample_number}/{config.num_samples} ===\n"
 
 
-def report_speed(completion: Completion) -> None:
+def report_speed(completion: SequenceResult) -> None:
     print(f"[{len(completion.token_ids)} tokens in {completion.seconds:.2f} s, "
           f"{completion.tokens_per_second:.1f} tokens/s]", file=sys.stderr)
 
 
-def beam_completions(decoder: torch.nn.Module, prompts: list[str], config: GenerateConfig,
-                     sampling: SamplingConfig) -> Iterator[tuple[int, int, Completion]]:
+def beam_completions(decoder: torch.nn.Module, prompts: list[str], config: GenerateConfig) -> Iterator[tuple[int, int, SequenceResult]]:
     """Beam search, one prompt at a time (its text arrives in one piece)."""
     for prompt_number, prompt in enumerate(prompts, start=1):
         if not config.json:
             write_text(label(config, prompts, prompt_number, 1) + prompt)
-        completion = complete(decoder, prompt, config.max_tokens, sampling, config.num_beams,
-                              stop_at_eos=not config.ignore_eos, on_text=None if config.json else write_text)
+        completion = beam_complete(decoder, prompt, config.max_tokens, config.num_beams, not config.ignore_eos)
+        if not config.json:
+            write_text(completion.text)
         yield prompt_number, 1, completion
 
 
 def sampled_completions(engine: Engine, prompts: list[str], config: GenerateConfig, sampling: SamplingConfig,
-                        seed: int) -> Iterator[tuple[int, int, Completion]]:
+                        seed: int) -> Iterator[tuple[int, int, SequenceResult]]:
     """Every sample decoded together by the engine, handed out in prompt/sample order as each is ready; a
     lone sample streams its text as it is generated."""
     tokenizer = get_tokenizer()
     numbers = [(p, s) for p in range(1, len(prompts) + 1) for s in range(1, config.num_samples + 1)]
     handles = [engine.submit(GenerationRequest(tokenizer.encode_ordinary(prompts[p - 1]), config.max_tokens, sampling,
-                                               seed=sequence_seed(seed, k), stop_at_eos=not config.ignore_eos))
+                                               seed=sequence_seed(seed, k), stop_at_eos=not config.ignore_eos,
+                                               prompt=prompts[p - 1]))
                for k, (p, _) in enumerate(numbers)]
     for (prompt_number, sample_number), handle in zip(numbers, handles):
         prompt = prompts[prompt_number - 1]
@@ -131,11 +134,11 @@ def sampled_completions(engine: Engine, prompts: list[str], config: GenerateConf
                     write_text(event.text)
             else:
                 write_text(handle.result().text)
-        yield prompt_number, sample_number, as_completion(prompt, handle.result())
+        yield prompt_number, sample_number, handle.result()
 
 
 def hf_completions(subject: HuggingFaceSubject, prompts: list[str], config: GenerateConfig,
-                   sampling: SamplingConfig, seed: int) -> Iterator[tuple[int, int, Completion]]:
+                   sampling: SamplingConfig, seed: int) -> Iterator[tuple[int, int, SequenceResult]]:
     """A Hugging Face model: every sample through transformers' generate(), in batches; texts arrive whole."""
     numbers = [(p, s) for p in range(1, len(prompts) + 1) for s in range(1, config.num_samples + 1)]
     completions = subject.complete([prompts[p - 1] for p, _ in numbers], config.max_tokens, sampling, seed,
@@ -159,9 +162,9 @@ def generate_and_print(config: GenerateConfig, sampling: SamplingConfig) -> None
     if config.output is not None:
         check_output_file(config.output, "--output")  # an unusable path fails now, not after the sampling
     device = resolve_device(config.device)
-    subject = load_subject(config.model, device, precision=config.precision)
+    subject = load_subject(config.model, device, weight_format=config.precision)
     # A Hugging Face model decodes with transformers' generate() and prints each text in one piece.
-    decoder = decoding_model(subject.model, subject.precision) if isinstance(subject, CheckpointSubject) else None
+    decoder = decoding_model(subject.model, subject.weight_format) if isinstance(subject, CheckpointSubject) else None
     if config.num_beams > 1 and isinstance(subject, CheckpointSubject):
         # Beam search decodes num_beams sequences at once (the engine checks its own batch).
         model_config = subject.model.config
@@ -169,16 +172,15 @@ def generate_and_print(config: GenerateConfig, sampling: SamplingConfig) -> None
         require_fits("--num_beams", config.num_beams, sequence_bytes(model_config, longest), device,
                      what=f" for its sequences of {model_config.block_size} positions")
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
-    completions: list[tuple[int, int, Completion]] = []
+    completions: list[tuple[int, int, SequenceResult]] = []
     engine = None
     if decoder is None:
         results = hf_completions(subject, prompts, config, sampling, seed)
     elif config.num_beams > 1:
-        results = beam_completions(decoder, prompts, config, sampling)
+        results = beam_completions(decoder, prompts, config)
     else:
         batch_size = config.batch_size or default_batch_size(device)
-        check_cache_fits(decoder, batch_size)
-        engine = Engine(decoder, max_batch=min(batch_size, len(prompts) * config.num_samples))
+        engine = Engine(decoder, batch_size, sequences=len(prompts) * config.num_samples)
         engine.start()
         results = sampled_completions(engine, prompts, config, sampling, seed)
     try:

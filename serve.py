@@ -13,13 +13,14 @@ from typing import Optional
 
 from tinystories.checkpoint import load_model
 from tinystories.cli import ArgumentParser, parse_dataclasses
-from tinystories.hardware import DEVICE_HELP, resolve_device
-from tinystories.engine import Engine
 from tinystories.errors import run_main
+from tinystories.generation.decoders import decoding_model
+from tinystories.generation.engine import Engine
+from tinystories.generation.weight_formats import WEIGHT_FORMAT_HELP, WEIGHT_FORMATS
+from tinystories.hardware import DEVICE_HELP, resolve_device
 from tinystories.paths import DEFAULT_MODEL
-from tinystories.precision import PRECISION_HELP, PRECISIONS
-from tinystories.sampling import decoding_model
-from tinystories.server import ServerConfig, create_app, serve
+from tinystories.serving.app import create_app, serve
+from tinystories.serving.service import ServerConfig
 
 
 @dataclass
@@ -28,7 +29,7 @@ class ModelConfig:
     served_model_name: Optional[str] = field(default=None, metadata={
         "help": "the name requests give as \"model\" (None: the --model path, as written)"})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
-    precision: str = field(default="float32", metadata={"choices": list(PRECISIONS), "help": PRECISION_HELP})
+    precision: str = field(default="float32", metadata={"choices": list(WEIGHT_FORMATS), "help": WEIGHT_FORMAT_HELP})
 
 
 def main(argv: Optional[list[str]] = None) -> None:

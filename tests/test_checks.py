@@ -4,7 +4,7 @@ import pytest
 from tinystories.checks import preset_config, require_at_least, require_token_ids_within
 from tinystories.errors import UserError, first_line
 from tinystories.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL
-from tinystories.training import TrainConfig
+from tinystories.training.config import TrainConfig
 
 
 def test_at_least_names_the_flag_and_skips_unset_values():

@@ -1,9 +1,9 @@
 """Flags derived from dataclasses, layered config files, one-line argument errors."""
 import json
-from pathlib import Path
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import pytest

@@ -8,8 +8,16 @@ import os
 import pytest
 
 from tinystories.errors import UserError
-from tinystories.files import (atomic_path, atomic_write, check_output_file, ensure_folder, read_text_file,
-                               remove_stale_temporaries, write_json, write_json_lines)
+from tinystories.files import (
+    atomic_path,
+    atomic_write,
+    check_output_file,
+    ensure_folder,
+    read_text_file,
+    remove_stale_temporaries,
+    write_json,
+    write_json_lines,
+)
 
 
 def test_failed_atomic_write_keeps_the_previous_file(tmp_path):

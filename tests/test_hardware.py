@@ -4,8 +4,14 @@ import torch
 
 from model.model import preset
 from tinystories.errors import UserError
-from tinystories.hardware import (flops_per_token, peak_flops, peak_flops_of, resolve_device, resolve_dtype,
-                                  should_compile)
+from tinystories.hardware import (
+    flops_per_token,
+    peak_flops,
+    peak_flops_of,
+    resolve_device,
+    resolve_dtype,
+    should_compile,
+)
 
 
 def test_datasheet_peak_matches_whole_words_of_the_device_name():

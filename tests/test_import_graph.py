@@ -1,9 +1,12 @@
-"""The import graph of model/ and tinystories/, read with ast: one way only, and no cycles."""
+"""The import graph of model/ and tinystories/, read with ast: down the layers only, and no cycles."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("model", "tinystories")
+# Bottom to top (docs/architecture.md): a module may import from its own layer and the layers below it only.
+LAYERS = ("model", "shared", "tinystories.data", "tinystories.training", "tinystories.generation",
+          "tinystories.serving", "tinystories.interop", "tinystories.evaluation", "tinystories.bench")
 
 
 def module_name(path: Path) -> str:
@@ -34,10 +37,38 @@ def import_graph() -> dict[str, set[str]]:
     return {name: imported_modules(path, set(files)) - {name} for name, path in files.items()}
 
 
+def layer_of(module: str) -> int:
+    """The index in LAYERS of a module's layer; modules directly in tinystories/ are the shared helpers."""
+    for index, layer in reversed(list(enumerate(LAYERS))):
+        if module == layer or module.startswith(layer + "."):
+            return index
+    assert module.startswith("tinystories") and module.count(".") <= 1, f"{module} is in no layer"
+    return LAYERS.index("shared")
+
+
 def test_the_graph_is_read():
     graph = import_graph()
-    assert "tinystories.training" in graph and "model.model" in graph["tinystories.training"]
-    assert "tinystories.data.batches" in graph["tinystories.run_state"]
+    assert "tinystories.training.trainer" in graph and "model.model" in graph["tinystories.training.trainer"]
+    assert "tinystories.data.batches" in graph["tinystories.training.run_state"]
+    assert "tinystories.generation.engine" in graph["tinystories.serving.service"]
+
+
+def test_every_library_folder_is_a_layer():
+    folders = {path.parent.name for path in (ROOT / "tinystories").glob("*/__init__.py")}
+    assert {f"tinystories.{folder}" for folder in folders} == set(LAYERS[2:])
+
+
+def test_imports_run_down_the_layers():
+    upward = [(name, imported) for name, imports in import_graph().items() for imported in imports
+              if imported and layer_of(imported) > layer_of(name)]
+    assert not upward, "imports against the layer order (docs/architecture.md): " + ", ".join(
+        f"{name} -> {imported}" for name, imported in upward)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer_of("tinystories.serving.app") > layer_of("tinystories.generation.engine")
+    assert layer_of("tinystories.errors") == 1 and layer_of("tinystories") == 1 and layer_of("model.loss") == 0
+    assert layer_of("tinystories.bench.run") == len(LAYERS) - 1
 
 
 def test_the_network_imports_nothing_from_the_library():

@@ -1,18 +1,19 @@
 """User errors: mistakes a user can make (bad arguments, missing or corrupt files, empty data).
 
 Scripts report them as one line on stderr and exit with status 2, never with a traceback. Under torchrun every
-process meets the same error (or learns of rank 0's, see distributed.main_first): rank 0 alone prints the line,
-and every process leaves the process group and exits with the same status.
+process meets the same error (or learns of rank 0's, see training/distributed.py's main_first): rank 0 alone
+prints the line, and every process runs what was registered with `before_exit` (distributed.py leaves the
+process group there) and exits with the same status.
 """
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Callable, NoReturn, Optional
 
 USER_ERROR_EXIT_STATUS = 2
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as shells report it
+_BEFORE_EXIT: list[Callable[[], None]] = []
 
 
 class UserError(Exception):
@@ -61,20 +62,15 @@ def run_main(main: Callable[[], object]) -> None:
         _exit("interrupted", INTERRUPTED_EXIT_STATUS)
 
 
+def before_exit(callback: Callable[[], None]) -> None:
+    """Have run_main call `callback` when a script stops on an error or Ctrl-C, before it exits."""
+    if callback not in _BEFORE_EXIT:
+        _BEFORE_EXIT.append(callback)
+
+
 def _exit(message: Optional[str], status: int) -> NoReturn:
-    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if message is not None and os.environ.get("RANK", "0") == "0":
         print(message, file=sys.stderr)
-    if under_torchrun:
-        # torchrun terminates the other processes as soon as one exits; this one is already on its way out
-        # with its own status, which a SIGTERM would replace.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _leave_process_group()
+    for callback in _BEFORE_EXIT:
+        callback()
     sys.exit(status)
-
-
-def _leave_process_group() -> None:
-    """Destroy torchrun's process group, if this process joined one, so that exiting is not an error of its own."""
-    distributed = sys.modules.get("torch.distributed")
-    if distributed is not None and distributed.is_available() and distributed.is_initialized():
-        distributed.destroy_process_group()

@@ -59,15 +59,19 @@ def available_bytes(device: torch.device) -> int:
     return available
 
 
+def kv_cache_bytes(config: Config, positions: int, dtype: torch.dtype = torch.float32) -> int:
+    """Memory of a KV cache over `positions` positions (summed over sequences): keys and values of every layer."""
+    return 2 * config.n_layer * positions * config.n_embd * dtype.itemsize
+
+
 def sequence_bytes(config: Config, length: int) -> int:
     """Memory one sequence of `length` positions needs while decoding: its KV cache, a forward over it (the
     prompt, or a window refed when it slides) and its logits."""
     length = min(length, config.block_size)
-    cache = 2 * config.n_layer * length * config.n_embd
     activations = length * (10 * config.n_embd + 2 * config.n_head * length)
     logits = 12 * config.vocab_size
     # Beam search reorders the cache by copying it, so two caches exist for a moment.
-    return FLOAT_BYTES * (2 * cache + activations + logits)
+    return 2 * kv_cache_bytes(config, length) + FLOAT_BYTES * (activations + logits)
 
 
 def window_bytes(config: Config, length: int) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing (docs/testing.md): mutate one module with mutmut and run only the given test modules
 # against each mutant. Slow, so not part of CI. Usage:
-#   bash tools/mutation.sh tinystories/sampling.py tests/test_sampling.py [more test modules...]
+#   bash tools/mutation.sh tinystories/generation/sampling.py tests/generation/test_sampling.py [more test modules...]
 # Works in a scratch copy of the working tree (MUTATION_DIR, default a new temporary folder), so the
 # checkout is never touched; prints the score and the surviving mutants, and leaves the copy for
 # `cd $MUTATION_DIR && mutmut show NAME`. MUTANTS="name ..." tries only those mutants (e.g. an earlier
