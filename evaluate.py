@@ -1,7 +1,7 @@
 """Measure models side by side: exact loss, perplexity and bits per byte on a split, optionally the quality of
 completions of the split's first sentences, and grades of story completions from an LLM judge (definitions in
-tinystories/evaluation/metrics.py, tinystories/evaluation/judge.py and the README). A model is one of our checkpoints or a Hugging
-Face causal LM (folder or Hub id).
+tinystories/evaluation/metrics.py, tinystories/evaluation/judge.py and docs/evaluation.md). A model is one of our
+checkpoints or a Hugging Face causal LM (folder or Hub id).
 
     python evaluate.py --model results/checkpoints/best_model.pth --split validation --generate 100
     python evaluate.py --model best_model.pth roneneldan/TinyStories-33M --split test --judge gpt-4o

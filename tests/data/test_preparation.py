@@ -70,7 +70,7 @@ def test_every_format_round_trips(tmp_path, suffix):
 
 
 # Pinned by hand: the indices in STORIES of the stories whose BLAKE2b-64 keyed with b"1337", read as a
-# little-endian integer, is below 0.05 * 2**64 (the README's rule at the default seed and fraction).
+# little-endian integer, is below 0.05 * 2**64 (docs/data.md's rule at the default seed and fraction).
 PINNED_VALIDATION = [17, 37, 56, 65, 74, 109, 115, 158, 189, 209, 224, 247, 272, 296, 297, 317, 332, 334, 346,
                      376, 381]
 

@@ -82,7 +82,7 @@ def test_reports_exact_loss_and_completion_metrics(setup, tmp_path, monkeypatch,
 
 
 def first_sentences(tokens: np.ndarray, count: int) -> list[str]:
-    """The README's prompts, found by hand: each story's text up to its first '.', '!' or '?'."""
+    """docs/evaluation.md's prompts, found by hand: each story's text up to its first '.', '!' or '?'."""
     stories = get_tokenizer().decode(tokens.tolist()).split("<|endoftext|>")[:count]
     prompts = []
     for story in stories:
@@ -110,7 +110,7 @@ def read_completions(path: Path, prompts: list[str]) -> tuple[list[str], list[st
 
 
 def hand_metrics(texts: list[str], lengths: list[int], ended: list[bool]) -> dict[str, float]:
-    """The README's definitions, written out: words are lowercase runs of letters, digits, '_' and "'"."""
+    """docs/evaluation.md's definitions, written out: words are lowercase runs of letters, digits, '_' and "'"."""
     words = [re.findall(r"[a-z0-9_']+", text.lower()) for text in texts]
     metrics = {}
     for n in (1, 2, 3):
@@ -145,7 +145,7 @@ def test_json_report_has_the_readmes_fields_and_the_test_split(setup, tmp_path, 
     # Requested 512-token windows; the model's context of 64 is smaller, so its windows are 64.
     assert (report["block_size"], report["batch_size"], report["device"]) == (512, 3, "cpu")
     assert (result["block_size"], result["batch_size"]) == (64, 3)
-    # Every scored token's bytes, <|endoftext|> counting one: the README's B.
+    # Every scored token's bytes, <|endoftext|> counting one: docs/evaluation.md's B.
     tokenizer = get_tokenizer()
     assert result["bytes"] == sum(1 if t == EOT_ID else len(tokenizer.decode_single_token_bytes(t))
                                   for t in tokens[1:].tolist())

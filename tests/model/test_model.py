@@ -19,7 +19,7 @@ def test_config_defaults_are_the_seed_architecture():
 def test_seed_model_has_the_readmes_parameter_counts_with_tied_output():
     model = Model(Config())
     assert model.lm_head.weight is model.token_embedding.weight
-    assert model.num_parameters() == 30_142_848  # README: Model Architecture
+    assert model.num_parameters() == 30_142_848  # README: What this is
     assert model.num_parameters(include_embeddings=False) == 10_647_552
     assert model.num_parameters() == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 

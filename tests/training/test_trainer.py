@@ -64,7 +64,7 @@ def test_loss_falls_and_all_outputs_are_written(synthetic_data_dir, tmp_path):
     for entry in history:
         step = entry["step"]
         # The learning rate of the step's own update (update step - 1, counting from 0): warmup over 5 updates,
-        # then cosine from 3e-3 down to 3e-4 at update 60, as the README's schedule says.
+        # then cosine from 3e-3 down to 3e-4 at update 60, as docs/training.md's schedule says.
         progress = (step - 1 - 5) / (60 - 5)
         assert entry["lr"] == pytest.approx(3e-4 + 0.5 * (1 + math.cos(math.pi * progress)) * (3e-3 - 3e-4))
         assert entry["tokens_seen"] == step * 4 * 32  # steps x batch_size x block_size x accumulation (1)
@@ -131,7 +131,7 @@ def test_a_full_disk_during_a_save_is_one_line_that_says_the_previous_checkpoint
 
 
 def adamw_by_hand(model, batches, learning_rate, weight_decay, fused, clip_to=None):
-    """`model` after one plain AdamW step per (x, y) batch, with the README's betas and decay on matrices only;
+    """`model` after one plain AdamW step per (x, y) batch, with docs/training.md's betas and decay on matrices only;
     gradients are clipped to a total norm of `clip_to` only when it is given. Returns each step's gradient norm
     before any clipping."""
     parameters = list(model.parameters())
