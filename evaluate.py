@@ -77,7 +77,8 @@ class EvaluateConfig:
     output: str = field(default="results/evaluation.json", metadata={"help": "where the JSON report goes"})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     precision: str = field(default="float32", metadata={
-        "choices": list(WEIGHT_FORMATS), "help": WEIGHT_FORMAT_HELP + " (our checkpoints only); the loss is that of the "
+        "choices": list(WEIGHT_FORMATS),
+        "help": WEIGHT_FORMAT_HELP + " (our checkpoints only); the loss is that of the "
                                                               "rounded weights"})
     generate: int = field(default=0, metadata={
         "help": "also complete the first sentences of the first N stories and measure the completions"})

@@ -26,9 +26,11 @@ def main() -> None:
     source.add_argument("--from_hf", metavar="DIR_OR_REPO",
                         help="Hugging Face GPT-2 model folder or hub repo id to import as our checkpoint")
     parser.add_argument("--out", required=True,
-                        help="the folder (--model, --format hf), .gguf file (--format gguf) or .pth file (--from_hf) to write")
+                        help="the folder (--model, --format hf), .gguf file (--format gguf) or .pth file "
+                             "(--from_hf) to write")
     parser.add_argument("--format", choices=["hf", "gguf"], default="hf",
-                        help="with --model: a Hugging Face model folder, or one GGUF file for llama.cpp, Ollama, LM Studio")
+                        help="with --model: a Hugging Face model folder, or one GGUF file for llama.cpp, Ollama, "
+                             "LM Studio")
     parser.add_argument("--outtype", choices=OUTTYPES, default=None,
                         help="GGUF weight type (default f32): f16 halves the file, q8_0 quarters it; vectors stay f32")
     args = parser.parse_args()

@@ -104,7 +104,8 @@ def report_speed(completion: SequenceResult) -> None:
           f"{completion.tokens_per_second:.1f} tokens/s]", file=sys.stderr)
 
 
-def beam_completions(decoder: torch.nn.Module, prompts: list[str], config: GenerateConfig) -> Iterator[tuple[int, int, SequenceResult]]:
+def beam_completions(decoder: torch.nn.Module, prompts: list[str],
+                     config: GenerateConfig) -> Iterator[tuple[int, int, SequenceResult]]:
     """Beam search, one prompt at a time (its text arrives in one piece)."""
     for prompt_number, prompt in enumerate(prompts, start=1):
         if not config.json:

@@ -33,7 +33,8 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[TrainConfig, DataCon
     add_dataclass_arguments(parser, TrainConfig, title="training")
     data_group = add_dataclass_arguments(parser, DataConfig, title="data", exclude=("seed",))
     data_group.add_argument(f"--{SPLIT_SEED}", type=int, default=argparse.SUPPRESS,
-                            help=f"seed of the train/validation split, prepare.py's --seed (default: {DataConfig().seed})")
+                            help="seed of the train/validation split, prepare.py's --seed "
+                                 f"(default: {DataConfig().seed})")
     namespace = parser.parse_args(argv)
     file_settings: dict[str, Any] = load_config_file(namespace.config) if namespace.config else {}
     train_names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -41,7 +42,8 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[TrainConfig, DataCon
     if unknown:
         raise UserError(f"config file {namespace.config}: unknown setting(s) {', '.join(unknown)}")
     source = f"config file {namespace.config}"
-    train_settings = {**checked_settings(TrainConfig, {k: v for k, v in file_settings.items() if k in train_names}, source),
+    from_file = {k: v for k, v in file_settings.items() if k in train_names}
+    train_settings = {**checked_settings(TrainConfig, from_file, source),
                       **checked_settings(TrainConfig, explicit_values(TrainConfig, namespace), "command line")}
     renamed = {"seed": SPLIT_SEED}
     data_settings = {**checked_settings(DataConfig, _data_settings(file_settings), source, renamed),

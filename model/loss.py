@@ -64,7 +64,8 @@ class _OutputProduct:
         device_type = hidden.device.type
         self.dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
         self.vocab_size, width = weight.shape
-        self.padded = _buffer("weight", (self.vocab_size + -self.vocab_size % VOCAB_MULTIPLE, width), weight, self.dtype)
+        padded_size = self.vocab_size + -self.vocab_size % VOCAB_MULTIPLE
+        self.padded = _buffer("weight", (padded_size, width), weight, self.dtype)
         self.padded[:self.vocab_size].copy_(weight)
         self.padded[self.vocab_size:].zero_()
         self.hidden = hidden.to(self.dtype)

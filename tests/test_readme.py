@@ -162,7 +162,8 @@ def clone_after_quick_start(tmp_path_factory) -> Path:
 def test_python_blocks_run_as_written(clone_after_quick_start):
     blocks = manual_blocks("python")
     runnable = [block for block in blocks if not block.startswith(NEEDS)]
-    assert len(runnable) >= 3 and len(blocks) - len(runnable) == 2  # the seed's train(...) needs the Hub; the openai client a server
+    # The seed's train(...) needs the Hub; the openai client a server.
+    assert len(runnable) >= 3 and len(blocks) - len(runnable) == 2
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     outputs = []
     for block in runnable:

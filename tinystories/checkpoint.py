@@ -49,7 +49,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         reason = first_line(error)
         if "weights_only" in reason:  # torch's advice to load unsafely is wrong for a corrupt file
             reason = "it holds something other than tensors and plain values, which are never loaded, for safety"
-        raise UserError(f"checkpoint {path} could not be read (truncated, corrupt or not a checkpoint): {reason}") from None
+        raise UserError(f"checkpoint {path} could not be read (truncated, corrupt or not a checkpoint): "
+                        f"{reason}") from None
     if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
         raise UserError(f"{path} is not a TinyStories checkpoint (it needs 'model' and 'config' entries)")
     return checkpoint
@@ -102,7 +103,8 @@ def _check_weights(state: dict[str, Any], expected: dict[str, torch.Tensor], pat
         if not isinstance(tensor, torch.Tensor):
             raise mismatch(f"{name} is not a tensor")
         if tensor.shape != expected[name].shape:
-            raise mismatch(f"{name} has shape {tuple(tensor.shape)}, but its config implies {tuple(expected[name].shape)}")
+            raise mismatch(f"{name} has shape {tuple(tensor.shape)}, but its config implies "
+                           f"{tuple(expected[name].shape)}")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UserError(f"{path}: {name} holds non-finite values (NaN or infinity), so the model produces "
                             "non-finite outputs; use an earlier checkpoint")

@@ -26,7 +26,8 @@ def require_token_ids_within(largest: int, vocab_size: int, what: str, remedy: s
         problem = f"negative token ids (down to {smallest:,}), outside"
     else:
         return
-    raise UserError(f"{what} has {problem} the model's vocabulary of {vocab_size:,}" + (f"; {remedy}" if remedy else ""))
+    raise UserError(f"{what} has {problem} the model's vocabulary of {vocab_size:,}"
+                    + (f"; {remedy}" if remedy else ""))
 
 
 def preset_config(name: str, **overrides: Any) -> Config:

@@ -198,7 +198,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise UserError(f"{where}: {error}") from None
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if base in (int, float, str, bool) and not (isinstance(value, base) and not (base is int and isinstance(value, bool))):
+    exact_type = isinstance(value, base) and not (base is int and isinstance(value, bool))
+    if base in (int, float, str, bool) and not exact_type:
         raise UserError(f"{where}: expected {base.__name__}, got {value!r}")
     return value
 

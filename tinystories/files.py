@@ -79,6 +79,19 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
     return file
 
 
+def check_not_an_input(output: str | os.PathLike, flag: str, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse, before any work, an output that would overwrite one of the run's inputs: the same file (also
+    through `..`, a link or a hard link), or a file inside an input folder (a model folder's files are inputs)."""
+    target = Path(output).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        same = target == source or (target.exists() and source.exists() and os.path.samefile(target, source))
+        if same or (source.is_dir() and source in target.parents):
+            where = "is" if same else "is inside"
+            raise UserError(f"{flag} {output} {where} the input {given}, which writing it would destroy; "
+                            "choose another path")
+
+
 @contextlib.contextmanager
 def folders_removed_on_failure(*folders: str | os.PathLike) -> Iterator[None]:
     """On an exception inside the block, remove those of `folders` and their parents that did not exist before

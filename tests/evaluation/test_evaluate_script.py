@@ -14,6 +14,7 @@ import torch
 import transformers
 
 from model.model import Model, preset
+from tests.scripts import run_script
 from tinystories import files
 from tinystories.checkpoint import load_model, model_checkpoint, save_checkpoint
 from tinystories.data import DataConfig, load_tokens, prepare_data
@@ -42,14 +43,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["evaluate.py", *args])
-    status = 0
-    try:
-        evaluate_script.run_main(evaluate_script.main)
-    except SystemExit as exit:
-        status = exit.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+    return run_script(monkeypatch, capsys, evaluate_script, *args)
 
 
 def test_reports_exact_loss_and_completion_metrics(setup, tmp_path, monkeypatch, capsys):
@@ -95,7 +89,8 @@ def first_sentences(tokens: np.ndarray, count: int) -> list[str]:
 def read_completions(path: Path, prompts: list[str]) -> tuple[list[str], list[str], list[int], list[bool]]:
     """(prompts, completion texts, new tokens without a final <|endoftext|>, ended) from the completions file,
     checking that each completion starts with its expected prompt."""
-    header = re.compile(r"=== (\d+)/(\d+): (\d+) new tokens, (ended with <\|endoftext\|>|stopped at --max_tokens) ===\n")
+    header = re.compile(r"=== (\d+)/(\d+): (\d+) new tokens, "
+                        r"(ended with <\|endoftext\|>|stopped at --max_tokens) ===\n")
     parts = header.split(path.read_text(encoding="utf-8"))[1:]
     texts, lengths, ended = [], [], []
     for index, prompt in enumerate(prompts):

@@ -1,4 +1,5 @@
-"""tinystories.evaluation.subjects: Hugging Face causal LMs (GPT-Neo with local attention, our export.py folders) scored and
+"""tinystories.evaluation.subjects: Hugging Face causal LMs (GPT-Neo with local attention, our export.py folders)
+scored and
 sampled like our checkpoints, checked against transformers itself."""
 import copy
 import sys

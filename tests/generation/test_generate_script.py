@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from model.model import Model, preset
+from tests.scripts import run_script
 from tinystories.checkpoint import model_checkpoint, save_checkpoint
 from tinystories.generation.weight_formats import rounded_copy
 from tinystories.tokenizer import EOT_ID, get_tokenizer
@@ -32,14 +33,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """Run generate.py's main in this process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["generate.py", *args])
-    status = 0
-    try:
-        generate_script.run_main(generate_script.main)
-    except SystemExit as exit:
-        status = exit.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+    return run_script(monkeypatch, capsys, generate_script, *args)
 
 
 def test_streams_a_continuation_of_the_prompt(checkpoint):
@@ -111,7 +105,8 @@ def test_ignore_eos_keeps_going_and_shows_the_end_of_text(eager_checkpoint, monk
     kept_going = json.loads(out)["samples"][0]
     assert len(kept_going["token_ids"]) == 20 and not kept_going["ended_with_eos"]
     assert kept_going["token_ids"][:len(stopped["token_ids"])] == stopped["token_ids"]
-    assert "<|endoftext|>" in kept_going["text"] and kept_going["text"] == get_tokenizer().decode(kept_going["token_ids"])
+    assert "<|endoftext|>" in kept_going["text"]
+    assert kept_going["text"] == get_tokenizer().decode(kept_going["token_ids"])
     status, out, err = run(monkeypatch, capsys, *greedy, "--ignore_eos", "true")
     assert status == 0 and out.startswith("Once upon a time") and "<|endoftext|>" in out
 

@@ -1,4 +1,5 @@
-"""tinystories.generation.weight_formats: float16 and int8 decoding compute what the rounded float32 model computes; the float16
+"""tinystories.generation.weight_formats: float16 and int8 decoding compute what the rounded float32 model computes;
+the float16
 kernels (tinystories/generation/kernels/decoding.cpp) against torch's own float32 product."""
 import copy
 

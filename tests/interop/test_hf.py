@@ -14,6 +14,7 @@ import transformers
 
 import tinystories.interop.hf
 from model.model import Model, preset
+from tests.scripts import refusal
 from tinystories.errors import UserError
 from tinystories.interop.hf import from_hf, load_hf, save_hf, to_hf
 
@@ -55,6 +56,14 @@ def greedy_ours(model: Model, prompt: torch.Tensor, steps: int) -> torch.Tensor:
 def run_export(*args: str, env: Optional[dict] = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "export.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=env)
+
+
+def refused_export(monkeypatch, capsys, *args: str) -> str:
+    """export.py's main in this process, for a refusal (no process of its own needed): exit status 2 and one
+    `error:` line on stderr, which is returned."""
+    import export as export_script
+
+    return refusal(monkeypatch, capsys, export_script, *args)
 
 
 @pytest.mark.parametrize("activation", ["gelu", "gelu_new"])
@@ -115,7 +124,8 @@ def test_export_py_writes_the_librarys_folder(exported, tmp_path):
     assert str(tmp_path / "hf_model") in result.stdout
     for path in hf_folder.iterdir():
         assert (tmp_path / "hf_model" / path.name).read_bytes() == path.read_bytes(), path.name
-    assert sorted(path.name for path in (tmp_path / "hf_model").iterdir()) == sorted(p.name for p in hf_folder.iterdir())
+    written = sorted(path.name for path in (tmp_path / "hf_model").iterdir())
+    assert written == sorted(p.name for p in hf_folder.iterdir())
 
 
 def test_exported_folder_loads_with_transformers(exported):
@@ -147,7 +157,7 @@ def edited_config(source: Path, destination: Path, **changes) -> Path:
     return destination
 
 
-def test_export_reports_bad_input_in_one_line(exported, tmp_path):
+def test_export_reports_bad_input_in_one_line(exported, tmp_path, monkeypatch, capsys):
     _, checkpoint, hf_folder = exported
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(checkpoint.read_bytes()[:1000])
@@ -155,10 +165,7 @@ def test_export_reports_bad_input_in_one_line(exported, tmp_path):
     for args in (["--model", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "a")],
                  ["--model", str(corrupt), "--out", str(tmp_path / "b")],
                  ["--from_hf", str(wrong_size), "--out", str(tmp_path / "c.pth")]):
-        result = run_export(*args)
-        assert result.returncode == 2, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert result.stderr.startswith("error: ")
+        refused_export(monkeypatch, capsys, *args)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -247,17 +254,15 @@ def test_only_the_cache_is_asked_for_a_repo_id_when_the_hub_is_unreachable(monke
     assert tinystories.interop.hf._offline_options("someone/tiny-gpt2") == {}
 
 
-def test_unwritable_out_is_refused_before_converting(exported, tmp_path, read_only_folder):
+def test_unwritable_out_is_refused_before_converting(exported, tmp_path, read_only_folder, monkeypatch, capsys):
     _, checkpoint, hf_folder = exported
     (tmp_path / "a_file").write_text("x")
     for args, message in [(["--model", str(checkpoint), "--out", str(read_only_folder)], "cannot write in"),
                           (["--model", str(checkpoint), "--out", str(tmp_path / "a_file")], "is a file, not a folder"),
-                          (["--from_hf", str(hf_folder), "--out", str(read_only_folder / "model.pth")], "cannot write in"),
+                          (["--from_hf", str(hf_folder), "--out", str(read_only_folder / "model.pth")],
+                           "cannot write in"),
                           (["--from_hf", str(hf_folder), "--out", str(tmp_path)], "is a folder")]:
-        result = run_export(*args)
-        assert result.returncode == 2, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
-        assert message in result.stderr
+        assert message in refused_export(monkeypatch, capsys, *args)
 
 
 def replaced_config(source: Path, destination: Path, text: str) -> Path:
@@ -284,11 +289,10 @@ def test_wrong_config_json_is_refused_in_one_line(exported, tmp_path, changes, m
     assert "\n" not in str(raised.value)
 
 
-def test_export_of_a_wrong_config_json_is_one_line(exported, tmp_path):
+def test_export_of_a_wrong_config_json_is_one_line(exported, tmp_path, monkeypatch, capsys):
     folder = edited_config(exported[2], tmp_path / "edited", n_layer=1)
-    result = run_export("--from_hf", str(folder), "--out", str(tmp_path / "model.pth"))
-    assert result.returncode == 2 and result.stderr.startswith("error: ")
-    assert len(result.stderr.strip().splitlines()) == 1 and "does not use" in result.stderr
+    assert "does not use" in refused_export(monkeypatch, capsys, "--from_hf", str(folder), "--out",
+                                            str(tmp_path / "model.pth"))
     assert not (tmp_path / "model.pth").exists()
 
 
@@ -413,7 +417,8 @@ def test_gpt2_config_names_end_of_text_only_within_the_vocabulary():
         hf_config = tinystories.interop.hf.gpt2_config(preset("tiny", vocab_size=vocab_size))
         assert (hf_config.bos_token_id, hf_config.eos_token_id) == (end_of_text, end_of_text)
         assert hf_config.n_positions == hf_config.n_ctx == 128
-    hf_config = tinystories.interop.hf.gpt2_config(preset("tiny", dropout=0.2, layer_norm_epsilon=1e-6, activation="gelu_new"))
+    hf_config = tinystories.interop.hf.gpt2_config(preset("tiny", dropout=0.2, layer_norm_epsilon=1e-6,
+                                                          activation="gelu_new"))
     assert (hf_config.n_embd, hf_config.n_layer, hf_config.n_head, hf_config.n_inner) == (64, 2, 2, None)
     assert (hf_config.activation_function, hf_config.layer_norm_epsilon) == ("gelu_new", 1e-6)
     assert (hf_config.resid_pdrop, hf_config.embd_pdrop, hf_config.attn_pdrop) == (0.2, 0.2, 0.2)

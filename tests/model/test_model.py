@@ -12,7 +12,8 @@ from model.model import PRESETS, Config, Model, preset
 def test_config_defaults_are_the_seed_architecture():
     config = Config()
     assert asdict(config) == asdict(PRESETS["33M"])
-    assert (config.vocab_size, config.block_size, config.n_layer, config.n_head, config.n_embd) == (50257, 512, 6, 6, 384)
+    shape = (config.vocab_size, config.block_size, config.n_layer, config.n_head, config.n_embd)
+    assert shape == (50257, 512, 6, 6, 384)
     assert config.dropout == 0.1 and config.ffn_size == 1536 and config.activation == "gelu"
 
 

@@ -156,7 +156,8 @@ def test_completion_with_the_openai_client(client, decoder):
     expected = reference_tokens(decoder, PROMPT, 12, SamplingConfig(0.9, 40, 0.9), seed=sequence_seed(11, 0))
     assert choice.text == text_of(expected) and choice.index == 0
     assert choice.finish_reason == ("stop" if expected[-1] == EOT_ID else "length")
-    assert completion.id.startswith("cmpl-") and completion.model == "tiny-stories" and completion.object == "text_completion"
+    assert completion.id.startswith("cmpl-") and completion.model == "tiny-stories"
+    assert completion.object == "text_completion"
     prompt_tokens = len(get_tokenizer().encode_ordinary(PROMPT))
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (prompt_tokens, len(expected))
     assert completion.usage.total_tokens == prompt_tokens + len(expected)
@@ -375,7 +376,8 @@ def test_a_full_queue_answers_429_with_retry_after(server):
     for connection, _ in streams:
         connection.close()
     wait_until_idle(server)
-    assert request(server, "POST", "/v1/completions", {"model": "tiny-stories", "prompt": "Hi", "max_tokens": 5})[0] == 200
+    body = {"model": "tiny-stories", "prompt": "Hi", "max_tokens": 5}
+    assert request(server, "POST", "/v1/completions", body)[0] == 200
 
 
 # ---- the page in a real browser ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""tinystories/training/folder_lock.py: one holder at a time; a killed holder's lock is taken over, a live one's never."""
+"""tinystories/training/folder_lock.py: one holder at a time; a killed holder's lock is taken over, a live one's
+never."""
 import json
 import os
 import socket

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.scripts import refusal
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY_RUN = ["--preset", "tiny", "--block_size", "32", "--batch_size", "2", "--gradient_accumulation_steps", "2",
             "--learning_rate", "2e-3", "--min_lr", "2e-4", "--warmup_steps", "2", "--eval_iters", "2",
@@ -27,6 +29,15 @@ def run_train(arguments, data_dir, out_dir, **popen):
     command = [sys.executable, "train.py", *TINY_RUN, "--data_dir", str(data_dir), *SYNTHETIC,
                "--out_dir", str(out_dir), *arguments]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def refused_here(monkeypatch, capsys, arguments, data_dir, out_dir) -> str:
+    """train.py's main run in this process (a refusal needs no process of its own, and each saves a second of
+    importing torch): asserts exit status 2 with one line on stderr, and returns that line."""
+    import train as train_script
+
+    return refusal(monkeypatch, capsys, train_script, *TINY_RUN, "--data_dir", str(data_dir), *SYNTHETIC,
+                   "--out_dir", str(out_dir), *arguments)
 
 
 def wait_until_training(process) -> str:
@@ -281,22 +292,23 @@ def test_flags_override_config_file_which_overrides_defaults(tmp_path):
     (["--out_dir", "/dev/null/run"], "cannot create the output folder"),
     (["--preset", "nano", "--block_size", "32"], "beyond the model's vocabulary of 512"),
 ])
-def test_bad_arguments_exit_2_with_one_line(arguments, message, synthetic_data_dir, tmp_path):
-    process = run_train(arguments, synthetic_data_dir, tmp_path)
+def test_bad_arguments_exit_2_with_one_line(arguments, message, synthetic_data_dir, tmp_path, monkeypatch, capsys):
+    assert message in refused_here(monkeypatch, capsys, arguments, synthetic_data_dir, tmp_path)
+
+
+def test_a_bad_argument_is_one_line_from_the_script_itself(synthetic_data_dir, tmp_path):
+    process = run_train(["--batch_size", "0"], synthetic_data_dir, tmp_path)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 2, stderr
-    assert len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
+    assert process.returncode == 2 and stderr.strip() == "error: --batch_size must be at least 1, got 0", stderr
 
 
-def test_resume_with_a_different_model_is_refused(synthetic_data_dir, tmp_path):
+def test_resume_with_a_different_model_is_refused(synthetic_data_dir, tmp_path, monkeypatch, capsys):
     first = run_train(["--max_steps", "2", "--eval_interval", "2"], synthetic_data_dir, tmp_path)
     assert first.wait() == 0
-    second = run_train(["--max_steps", "4", "--n_embd", "32"], synthetic_data_dir, tmp_path)
-    _, stderr = second.communicate()
-    assert second.returncode == 2 and "different model (n_embd differ)" in stderr, stderr
-    third = run_train(["--max_steps", "4", "--seed", "9"], synthetic_data_dir, tmp_path)
-    _, stderr = third.communicate()
-    assert third.returncode == 2 and "trained with --seed 1337" in stderr, stderr
+    refused = refused_here(monkeypatch, capsys, ["--max_steps", "4", "--n_embd", "32"], synthetic_data_dir, tmp_path)
+    assert "different model (n_embd differ)" in refused
+    refused = refused_here(monkeypatch, capsys, ["--max_steps", "4", "--seed", "9"], synthetic_data_dir, tmp_path)
+    assert "trained with --seed 1337" in refused
 
 
 @pytest.fixture
@@ -330,15 +342,15 @@ def one_line_error(process, timeout=300):
     return stderr
 
 
-def test_a_read_only_out_dir_is_refused_before_any_work(read_only_out_dir, synthetic_data_dir):
-    stderr = one_line_error(run_train(["--max_steps", "2"], synthetic_data_dir, read_only_out_dir))
+def test_a_read_only_out_dir_is_refused_before_any_work(read_only_out_dir, synthetic_data_dir, monkeypatch, capsys):
+    stderr = refused_here(monkeypatch, capsys, ["--max_steps", "2"], synthetic_data_dir, read_only_out_dir)
     assert f"cannot write in the output folder {read_only_out_dir / 'checkpoints'}" in stderr
 
 
-def test_a_data_dir_that_is_a_file_is_refused_in_one_line(tmp_path):
+def test_a_data_dir_that_is_a_file_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     not_a_folder = tmp_path / "tokens.bin"
     not_a_folder.write_bytes(b"\0" * 8)
-    stderr = one_line_error(run_train(["--max_steps", "2"], not_a_folder, tmp_path / "out"))
+    stderr = refused_here(monkeypatch, capsys, ["--max_steps", "2"], not_a_folder, tmp_path / "out")
     assert f"{not_a_folder} is a file, not a folder" in stderr
 
 
@@ -360,7 +372,8 @@ def test_a_killed_runs_lock_and_temporary_files_are_cleared_at_the_next_start(sy
     killed.wait()
     (tmp_path / "train.lock").write_text(f'{{"pid": {killed.pid}, "host": "{os.uname().nodename}"}}')
     (tmp_path / "checkpoints").mkdir()
-    stale = [tmp_path / "checkpoints" / ".checkpoint.pth.a1b2c3d4.tmp", tmp_path / "checkpoints" / ".best_model.pth.x_y_z_w_.tmp"]
+    stale = [tmp_path / "checkpoints" / ".checkpoint.pth.a1b2c3d4.tmp",
+             tmp_path / "checkpoints" / ".best_model.pth.x_y_z_w_.tmp"]
     foreign = tmp_path / "checkpoints" / ".notes.md.a1b2c3d4.tmp"
     for path in stale + [foreign]:
         path.write_bytes(b"\0" * 1000)
@@ -372,23 +385,25 @@ def test_a_killed_runs_lock_and_temporary_files_are_cleared_at_the_next_start(sy
 
 
 @pytest.mark.parametrize("target", ["nowhere.pth", "."])
-def test_resume_of_a_missing_file_or_a_folder_names_the_resume_flag(target, synthetic_data_dir, tmp_path):
-    stderr = one_line_error(run_train(["--resume", str(tmp_path / target)], synthetic_data_dir, tmp_path))
+def test_resume_of_a_missing_file_or_a_folder_names_the_resume_flag(target, synthetic_data_dir, tmp_path, monkeypatch,
+                                                                   capsys):
+    stderr = refused_here(monkeypatch, capsys, ["--resume", str(tmp_path / target)], synthetic_data_dir, tmp_path)
     assert "no such checkpoint file" in stderr and "--resume" in stderr and "--model" not in stderr
 
 
-def test_an_edited_training_state_is_one_line_naming_it(synthetic_data_dir, tmp_path):
+def test_an_edited_training_state_is_one_line_naming_it(synthetic_data_dir, tmp_path, monkeypatch, capsys):
     first = run_train(["--max_steps", "2", "--eval_interval", "2"], synthetic_data_dir, tmp_path)
     assert first.wait(timeout=300) == 0
     path = tmp_path / "checkpoints" / "checkpoint.pth"
     checkpoint = torch.load(path, weights_only=True)
     del checkpoint["rng"]
     torch.save(checkpoint, path)
-    stderr = one_line_error(run_train(["--max_steps", "4"], synthetic_data_dir, tmp_path))
+    stderr = refused_here(monkeypatch, capsys, ["--max_steps", "4"], synthetic_data_dir, tmp_path)
     assert f"{path} cannot be resumed: 'rng' missing" in stderr
 
 
-def test_a_resume_that_would_change_the_data_or_the_batch_is_refused_and_writes_nothing(synthetic_data_dir, tmp_path):
+def test_a_resume_that_would_change_the_data_or_the_batch_is_refused_and_writes_nothing(synthetic_data_dir, tmp_path,
+                                                                                       monkeypatch, capsys):
     data_dir, out_dir = tmp_path / "data", tmp_path / "out"
     shutil.copytree(synthetic_data_dir, data_dir)  # a refused run must not rebuild it; the shared one stays safe
     first = run_train(["--max_steps", "2", "--eval_interval", "2"], data_dir, out_dir)
@@ -404,7 +419,7 @@ def test_a_resume_that_would_change_the_data_or_the_batch_is_refused_and_writes_
                                 "resuming exactly needs the same (4, 1)"),
         (["--gradient_accumulation_steps", "4"], f"{checkpoint} was trained with --gradient_accumulation_steps 2; "),
     ]:
-        stderr = one_line_error(run_train(["--max_steps", "4", *change], data_dir, out_dir))
+        stderr = refused_here(monkeypatch, capsys, ["--max_steps", "4", *change], data_dir, out_dir)
         assert stderr.startswith("error: ") and says in stderr, (change, stderr)
         assert files_under(data_dir, out_dir) == before, change  # checkpoint, logs and data byte for byte
 

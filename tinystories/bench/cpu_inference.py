@@ -1,4 +1,5 @@
-"""The cpu-inference section: single-stream decoding on the CPU in each weight format against llama.cpp on the GGUF export in each type, and how far each format's logits are from float32's."""
+"""The cpu-inference section: single-stream decoding on the CPU in each weight format against llama.cpp on the GGUF
+export in each type, and how far each format's logits are from float32's."""
 from __future__ import annotations
 
 import tempfile
@@ -58,7 +59,8 @@ def agreements(reference: Callable[[list[int]], np.ndarray], modes: dict[str, Ca
             result = ours if name == REFERENCE else results[name]
             scores = logits.astype(np.float64)
             peak = scores.max(axis=1)
-            result.nll += float((peak + np.log(np.exp(scores - peak[:, None]).sum(axis=1)) - scores[rows, targets]).sum())
+            log_sum = peak + np.log(np.exp(scores - peak[:, None]).sum(axis=1))
+            result.nll += float((log_sum - scores[rows, targets]).sum())
             result.positions += len(targets)
             result.same_argmax += int((logits.argmax(axis=1) == expected.argmax(axis=1)).sum())
             result.max_difference = max(result.max_difference, float(np.abs(logits - expected).max()))

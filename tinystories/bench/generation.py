@@ -1,4 +1,5 @@
-"""The generation section: the engine at 1, 8 and 32 sequences against Hugging Face's generate at the same batch, with the bounds that memory bandwidth and the weight products alone put on decoding."""
+"""The generation section: the engine at 1, 8 and 32 sequences against Hugging Face's generate at the same batch,
+with the bounds that memory bandwidth and the weight products alone put on decoding."""
 from __future__ import annotations
 
 import statistics
@@ -38,7 +39,8 @@ def weight_products(decoder: Model) -> Callable[[], None]:
     config = decoder.config
     device = decoder.token_embedding.weight.device
     inputs = {width: torch.randn(1, 1, width, device=device) for width in (config.n_embd, config.ffn_size)}
-    layers = [(layer, config.n_embd) for block in decoder.blocks for layer in (block.attn.qkv, block.attn.out_proj, block.mlp.fc)]
+    layers = [(layer, config.n_embd) for block in decoder.blocks
+              for layer in (block.attn.qkv, block.attn.out_proj, block.mlp.fc)]
     layers += [(block.mlp.proj, config.ffn_size) for block in decoder.blocks] + [(decoder.lm_head, config.n_embd)]
 
     @torch.inference_mode()
@@ -66,8 +68,8 @@ def generation_figures(settings: Settings, rounds: int, seed: int, new_tokens: i
     rates[BOUND] = [rate / weight_bytes_per_token(model) for rate in bandwidth]
     medians = {name: statistics.median(samples) for name, samples in rates.items()}
     ratios = {PRODUCTS: {"bound": medians[PRODUCTS] / medians[BOUND]}, **batched_ratios(medians)}
-    return [Figure("generation", name, "tokens/s", samples, ratios.get(name, {})) for name, samples in rates.items()] + \
-        [Figure("hardware", BANDWIDTH, "GB/s", [rate / 1e9 for rate in bandwidth])]
+    figures = [Figure("generation", name, "tokens/s", samples, ratios.get(name, {})) for name, samples in rates.items()]
+    return figures + [Figure("hardware", BANDWIDTH, "GB/s", [rate / 1e9 for rate in bandwidth])]
 
 
 GENERATION_BATCHES = (1, 8, 32)

@@ -133,7 +133,8 @@ def resolve_settings(config: BenchConfig) -> Settings:
     model_config = preset_config(config.preset)
     seq_len = config.seq_len or model_config.block_size
     if seq_len > model_config.block_size:
-        raise UserError(f"--seq_len {seq_len} exceeds the {config.preset} preset's block_size {model_config.block_size}")
+        raise UserError(f"--seq_len {seq_len} exceeds the {config.preset} preset's block_size "
+                        f"{model_config.block_size}")
     prompt_length = len(get_tokenizer().encode_ordinary(PROMPT))
     # Hugging Face's generate cannot go past its learned positions (ours slides its window), so keep within them.
     if "generation" in config.section_list and prompt_length + config.new_tokens > model_config.block_size:

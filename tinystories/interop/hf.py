@@ -95,7 +95,8 @@ def config_from_gpt2(hf_config: "transformers.GPT2Config") -> Config:
         raise refuse(f"n_inner is {hf_config.n_inner}, but the MLP must be 4 * n_embd = {4 * hf_config.n_embd} wide")
     if getattr(hf_config, "add_cross_attention", False):
         raise refuse("it has cross-attention layers")
-    if not getattr(hf_config, "scale_attn_weights", True) or getattr(hf_config, "scale_attn_by_inverse_layer_idx", False):
+    if not getattr(hf_config, "scale_attn_weights", True) or getattr(hf_config, "scale_attn_by_inverse_layer_idx",
+                                                                      False):
         raise refuse("its attention scores are not scaled by 1/sqrt(head size)")
     try:
         return Config(vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions, n_layer=hf_config.n_layer,

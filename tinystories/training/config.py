@@ -33,7 +33,8 @@ class TrainConfig:
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on 2-D weights"})
     eval_interval: int = field(default=500, metadata={"help": "optimizer steps between evaluations"})
     eval_iters: int = field(default=200, metadata={"help": "validation batches per evaluation"})
-    gradient_accumulation_steps: int = field(default=32, metadata={"help": "micro-batches per optimizer step, over all GPUs"})
+    gradient_accumulation_steps: int = field(default=32, metadata={
+        "help": "micro-batches per optimizer step, over all GPUs"})
     max_grad_norm: float = field(default=0.5, metadata={"help": "gradient clipping threshold (0 disables)"})
     warmup_steps: int = field(default=1000, metadata={"help": "linear warmup steps"})
     save_interval: int = field(default=5000, metadata={"help": "optimizer steps between checkpoint.pth saves"})
@@ -43,11 +44,13 @@ class TrainConfig:
     seed: int = field(default=1337, metadata={"help": "seed for initialisation, data order and dropout"})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     dtype: str = field(default="auto", metadata={"choices": DTYPE_CHOICES,
-                                                  "help": "auto: bfloat16 on GPUs that support it, else float16; float32 on CPU"})
+                                                  "help": "auto: bfloat16 on GPUs that support it, else float16; "
+                                                          "float32 on CPU"})
     compile: str = field(default="auto", metadata={"choices": COMPILE_CHOICES,
                                                     "help": "torch.compile the model (auto: on CUDA only)"})
     out_dir: str = field(default=RESULTS_DIR, metadata={"help": "folder for checkpoints/ and logs/"})
-    resume: str = field(default="auto", metadata={"help": "auto (continue from OUT_DIR/checkpoints/checkpoint.pth if present), never, or a checkpoint path"})
+    resume: str = field(default="auto", metadata={
+        "help": "auto (continue from OUT_DIR/checkpoints/checkpoint.pth if present), never, or a checkpoint path"})
     log_interval: int = field(default=10, metadata={"help": "optimizer steps between progress-bar loss updates"})
     preset: str = field(default="33M", metadata={"help": PRESET_HELP})
     n_layer: Optional[int] = field(default=None, metadata={"help": "override the preset's layers"})

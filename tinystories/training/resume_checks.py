@@ -92,7 +92,8 @@ def _check_rng_states(states: Any) -> None:
     _expect(isinstance(torch_state, torch.Tensor) and torch_state.dtype == torch.uint8
             and torch_state.shape == torch.get_rng_state().shape, "the torch generator state is malformed")
     _expect(isinstance(states["cuda"], list) and all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8
-                                                     for s in states["cuda"]), "the CUDA generator states are malformed")
+                                                     for s in states["cuda"]),
+            "the CUDA generator states are malformed")
     numpy_state = states["numpy"]
     _expect(isinstance(numpy_state, list) and len(numpy_state) == 5 and numpy_state[0] == "MT19937"
             and isinstance(numpy_state[1], torch.Tensor) and numpy_state[1].shape == (624,)

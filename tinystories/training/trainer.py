@@ -175,7 +175,8 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise UserError(f"the training split ({self.data.train_tokens:,} tokens) is too small for one optimizer "
                             f"step of {self.config.batch_size * self.config.gradient_accumulation_steps} sequences of "
-                            f"{block_size} tokens; lower --batch_size or --gradient_accumulation_steps, or use more data")
+                            f"{block_size} tokens; lower --batch_size or --gradient_accumulation_steps, or use more "
+                            "data")
         self.total_steps = self.config.max_steps or self.config.epochs * self.steps_per_epoch
         self.tokens_per_step = self.config.batch_size * self.config.gradient_accumulation_steps * block_size
         self.model = Model(self.model_config).to(self.device)
@@ -191,7 +192,8 @@ class Trainer:
         # The step that checkpoint.pth holds, as far as this run knows (what a stop now would leave).
         resumed_here = saved is not None and resume_path == self.paths.checkpoint
         self.saved_step: Optional[int] = self.state.step if resumed_here else None
-        self.forward_model = torch.compile(self.model) if should_compile(self.config.compile, self.device) else self.model
+        compiled = should_compile(self.config.compile, self.device)
+        self.forward_model = torch.compile(self.model) if compiled else self.model
         if self.distributed.enabled:
             self.forward_model = DistributedDataParallel(
                 self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
