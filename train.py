@@ -14,7 +14,7 @@ from tinystories.files import folders_removed_on_failure
 from tinystories.paths import RunPaths
 from tinystories.training.config import TrainConfig
 from tinystories.training.run_state import SPLIT_SEED  # --seed is training's; the split's seed is prepare.py's --seed
-from tinystories.training.trainer import Trainer, train  # noqa: F401  (the seed's train(...) entry point)
+from tinystories.training.trainer import Trainer, train  # noqa: F401  (the specification's train(...) entry point)
 
 
 def _data_settings(settings: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ class Config:
     n_embd: int = 384
     dropout: float = 0.1
     bias: bool = True
-    # "gelu" is exact GELU (the seed's); "gelu_new" is GPT-2's tanh approximation, so GPT-2 imports are exact.
+    # "gelu" is exact GELU (the specification's); "gelu_new" is GPT-2's tanh approximation, so GPT-2 imports are exact.
     activation: str = "gelu"
     layer_norm_epsilon: float = 1e-5
 
@@ -60,7 +60,7 @@ class Config:
         return 4 * self.n_embd
 
 
-# "33M" is the seed's architecture; the others keep tests and CPU experiments fast.
+# "33M" is the specification's architecture; the others keep tests and CPU experiments fast.
 PRESETS: dict[str, Config] = {
     "33M": Config(),
     "small": Config(n_layer=4, n_head=4, n_embd=256, block_size=256),

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 from model.model import Config, preset
 from tinystories.errors import UserError
 
-PRESET_HELP = "model preset: 33M (the seed's), small, tiny, nano"
+PRESET_HELP = "model preset: 33M (the specification's), small, tiny, nano"
 
 
 def require_at_least(settings: Any, names: Iterable[str], minimum: int = 1) -> None:

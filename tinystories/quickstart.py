@@ -1,7 +1,7 @@
 """The shipped CPU quick start: one command that trains offline, and the files it writes.
 
 Error messages that would otherwise send a user without the Hub or a GPU to a command that cannot work
-(`python train.py` with the seed's defaults) name these instead; README's first screen shows the same commands.
+(`python train.py` with the specification's defaults) name these instead; README's first screen shows the same commands.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every training setting in one dataclass (train.py derives its flags from it; the seed's `train(...)` keyword
+"""Every training setting in one dataclass (train.py derives its flags from it; the specification's `train(...)` keyword
 arguments map onto it one to one), and what follows from the settings alone: the learning-rate schedule and the
 optimizer."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
 
 @dataclass
 class TrainConfig:
-    # The seed's train(...) keyword arguments and defaults.
+    # The specification's train(...) keyword arguments and defaults.
     epochs: int = field(default=20, metadata={"help": "passes over the training split (unless --max_steps)"})
     batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch (per GPU)"})
     learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate after warmup"})
@@ -38,7 +38,7 @@ class TrainConfig:
     max_grad_norm: float = field(default=0.5, metadata={"help": "gradient clipping threshold (0 disables)"})
     warmup_steps: int = field(default=1000, metadata={"help": "linear warmup steps"})
     save_interval: int = field(default=5000, metadata={"help": "optimizer steps between checkpoint.pth saves"})
-    # Beyond the seed.
+    # Beyond the specification.
     max_steps: Optional[int] = field(default=None, metadata={"help": "optimizer steps to train; overrides --epochs"})
     min_lr: float = field(default=1e-5, metadata={"help": "learning rate at the end of the cosine decay"})
     seed: int = field(default=1337, metadata={"help": "seed for initialisation, data order and dropout"})

@@ -403,7 +403,7 @@ class Trainer:
 
 
 def train(data_config: Optional[DataConfig] = None, **settings: Any) -> dict[str, Any]:
-    """The seed's entry point: train(epochs=20, batch_size=32, ...) with any TrainConfig field."""
+    """The specification's entry point: train(epochs=20, batch_size=32, ...) with any TrainConfig field."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
