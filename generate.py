@@ -19,7 +19,13 @@ from tinystories.checks import require_at_least
 from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.errors import UserError, run_main
 from tinystories.evaluation.subjects import CheckpointSubject, HuggingFaceSubject, load_subject
-from tinystories.files import atomic_write, check_output_file, folders_removed_on_failure, read_text_file
+from tinystories.files import (
+    atomic_write,
+    check_not_an_input,
+    check_output_file,
+    folders_removed_on_failure,
+    read_text_file,
+)
 from tinystories.generation.beams import beam_complete
 from tinystories.generation.decoders import decoding_model
 from tinystories.generation.engine import Engine
@@ -159,6 +165,9 @@ def main() -> None:
 
 
 def generate_and_print(config: GenerateConfig, sampling: SamplingConfig) -> None:
+    if config.output is not None:  # writing over the checkpoint or the prompt file would destroy it
+        inputs = [config.model] + ([config.prompt_file] if config.prompt_file is not None else [])
+        check_not_an_input(config.output, "--output", inputs)
     prompts = read_prompts(config)
     if config.output is not None:
         check_output_file(config.output, "--output")  # an unusable path fails now, not after the sampling

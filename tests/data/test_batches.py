@@ -96,7 +96,8 @@ def test_too_small_splits_are_user_errors():
     with pytest.raises(UserError, match="fewer than one batch of 4;"):
         WindowBatches(counting_tokens(BLOCK * 3 + 1), BLOCK, batch_size=2, seed=0, world_size=2)
     # Exactly one batch per epoch is enough.
-    assert WindowBatches(counting_tokens(BLOCK * 4 + 1), BLOCK, batch_size=2, seed=0, world_size=2).batches_per_epoch == 1
+    batches = WindowBatches(counting_tokens(BLOCK * 4 + 1), BLOCK, batch_size=2, seed=0, world_size=2)
+    assert batches.batches_per_epoch == 1
 
 
 def test_fixed_eval_batches_are_the_same_every_call():

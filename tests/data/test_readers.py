@@ -154,7 +154,8 @@ def test_bad_parquet(tmp_path):
     assert "not a readable parquet file" in bad_input_error(not_parquet)
 
 
-@pytest.mark.parametrize("name, line_end", [("one_line.txt", b""), ("one_line.jsonl", b""), ("no_separators.txt", b"\n")])
+@pytest.mark.parametrize("name, line_end", [("one_line.txt", b""), ("one_line.jsonl", b""),
+                                            ("no_separators.txt", b"\n")])
 def test_a_huge_story_is_refused_without_reading_it_whole(tmp_path, name, line_end):
     """A 50 MB one-line .txt once needed 2.5 GB before its error; now memory stays within the story limit."""
     path = tmp_path / name

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+import tinystories.generation.sampling as sampling_module
 from model.model import Model, preset
 from tests.generation.reference import engine_decode
 from tinystories.errors import UserError
@@ -360,3 +361,62 @@ def test_sequence_seed_rule_gives_different_streams():
     assert len({sequence_seed(seed, k) for seed in range(50) for k in range(50)}) == 2500
     draws = [torch.rand(4, generator=torch.Generator().manual_seed(sequence_seed(3, k))) for k in range(20)]
     assert len({tuple(draw.tolist()) for draw in draws}) == 20  # a generator reads only 32 bits of its seed
+
+
+TINY_SETTINGS = [SamplingConfig(1e-40, 50, 1.0), SamplingConfig(1e-45, 0, 0.9), SamplingConfig(1e-46, 40, 0.95),
+                 SamplingConfig(1.0, 50, 1e-46), SamplingConfig(0.7, 0, 1e-46)]
+
+
+def test_tiny_temperatures_and_top_p_decode_greedily_beside_ordinary_sequences(tiny):
+    """Used to raise in torch.multinomial, and end every sequence decoding in the same step with the error."""
+    lengths = [4, 9, 15, 6, 11]
+    tiny_requests = requests_for(tiny, lengths, [30] * 5, GREEDY)
+    for request, sampling in zip(tiny_requests, TINY_SETTINGS):
+        request.sampling = sampling
+    greedy = [alone(tiny, request) for request in requests_for(tiny, lengths, [30] * 5, GREEDY)]
+    ordinary = requests_for(tiny, [7, 20], [30, 30], FILTERED)
+    ordinary[0].prompt_ids = ordinary[0].prompt_ids[::-1]  # prompts of their own
+    expected = [alone(tiny, request) for request in ordinary]
+    engine = Engine(tiny, max_batch=7)
+    results = engine.generate(tiny_requests + ordinary)
+    assert [result.token_ids for result in results] == greedy + expected
+    assert engine.max_active_seen == 7 and len({tuple(ids) for ids in greedy}) == 5
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["caller-steps", "engine-thread"])
+def test_a_sequence_whose_picking_fails_ends_alone_and_the_others_finish(nano, monkeypatch, threaded):
+    """A failure of one sequence's picking used to end every sequence (through _fail_all, or out of step())."""
+    broken = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0)  # top_k 0: picked by pick_next_token, row alone
+    requests = requests_for(nano, [3, 8, 5, 12], [25, 25, 25, 25], GREEDY)
+    for request, sampling in zip(requests, [broken, GREEDY, FILTERED, SAMPLED]):
+        request.sampling = sampling
+    expected = [alone(nano, request) for request in requests[1:]]
+    calls = []
+    real = sampling_module.pick_next_token
+
+    def failing_for_one_row(logits, sampling, generator):
+        if sampling is broken:
+            calls.append(1)
+            if len(calls) == 4:
+                raise RuntimeError("this sequence's picking failed")
+        return real(logits, sampling, generator)
+
+    monkeypatch.setattr(sampling_module, "pick_next_token", failing_for_one_row)
+    engine = Engine(nano, max_batch=4)
+    seen = []
+    handles = [engine.submit(requests[0], on_event=seen.append)] + [engine.submit(r) for r in requests[1:]]
+    if threaded:
+        engine.start()
+        try:
+            results = [handle.result(timeout=60) for handle in handles[1:]]
+        finally:
+            engine.shutdown()
+    else:
+        engine.run()
+        results = [handle.result() for handle in handles[1:]]
+    assert [result.token_ids for result in results] == expected  # nobody else lost a token, or drew twice
+    assert [result.finish_reason for result in results] == ["length"] * 3
+    with pytest.raises(RuntimeError, match="^generation failed: this sequence's picking failed$"):
+        handles[0].result()
+    assert [event.token_id for event in seen] == alone(nano, requests[0])[:3]  # it decoded until its failure
+    assert engine.active == engine.waiting == 0

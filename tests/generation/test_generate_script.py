@@ -1,8 +1,12 @@
-"""generate.py end to end: streaming text, seeds, --json, prompt files, beams, and one-line user errors."""
+"""generate.py end to end: streaming text, seeds, --json, prompt files, beams, one-line user errors, --output never
+over an input, and the CPU kernel's cache (a damaged library rebuilt, nothing of torch's printed)."""
+import hashlib
 import importlib.util
 import json
 import os
+import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -314,3 +318,150 @@ def test_without_a_compiler_float16_is_one_line_and_float32_still_decodes(checkp
     assert float32.returncode == 0 and len(float32.stdout) > len("Once upon a time\n")
     lines = float32.stderr.splitlines()
     assert re.fullmatch("note: decoding without this project's CPU kernel, more slowly: " + failure, lines[1]), lines
+
+
+@pytest.fixture(scope="module")
+def built_kernel(tmp_path_factory, checkpoint) -> Path:
+    """A TORCH_EXTENSIONS_DIR in which generate.py has built the CPU kernel; tests damage copies of it."""
+    root = tmp_path_factory.mktemp("extensions")
+    result = subprocess.run([sys.executable, "generate.py", "--model", str(checkpoint), "--max_tokens", "2",
+                             "--precision", "float16"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TORCH_EXTENSIONS_DIR": str(root)})
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def kernel_library(root: Path) -> Path:
+    [library] = root.glob("tinystories_kernels-*/tinystories_kernels.so")
+    return library
+
+
+def copy_of_the_build(built_kernel: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "extensions"
+    shutil.copytree(built_kernel, root)
+    return root
+
+
+def generate_in_child(checkpoint: Path, root: Path, *args: str, **environment: str) -> subprocess.CompletedProcess:
+    """generate.py in a child process (a damaged library loaded would kill it) with its kernel built in `root`."""
+    command = [sys.executable, "generate.py", "--model", str(checkpoint), "--max_tokens", "4", "--seed", "1", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TORCH_EXTENSIONS_DIR": str(root), **environment})
+
+
+DAMAGES = {
+    "truncated": lambda library: library[:len(library) // 3],  # mapping it died of SIGBUS, without a word
+    "garbage": lambda library: random.Random(0).randbytes(len(library)),
+    "empty": lambda library: b"",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_kernel_library_is_rebuilt_before_it_is_loaded(built_kernel, checkpoint, tmp_path, damage):
+    root = copy_of_the_build(built_kernel, tmp_path)
+    library = kernel_library(root)
+    intact = library.read_bytes()
+    for precision in ("float16", "float32"):  # float32 decodes with the kernel too
+        library.write_bytes(DAMAGES[damage](intact))
+        result = generate_in_child(checkpoint, root, "--precision", precision)
+        assert result.returncode == 0, (result.returncode, result.stderr)  # not -7 (SIGBUS), not 2
+        assert result.stdout.startswith("Once upon a time") and len(result.stdout) > len("Once upon a time\n")
+        lines = result.stderr.splitlines()
+        assert lines[0] == (f"the CPU kernel's library in {library.parent} is damaged (its sha256 is not its "
+                            "build's); building it again"), result.stderr
+        assert len(lines) == 2 and lines[1].endswith(" tokens/s]"), result.stderr  # no note: decoded by the kernel
+        rebuilt = library.read_bytes()
+        assert rebuilt and (library.parent / "tinystories_kernels.so.sha256").read_text() == \
+            f"{hashlib.sha256(rebuilt).hexdigest()}  tinystories_kernels.so\n"
+    again = generate_in_child(checkpoint, root, "--precision", "float16")  # the rebuilt library passes its check
+    assert again.returncode == 0 and len(again.stderr.splitlines()) == 1, again.stderr
+
+
+def test_a_damaged_kernel_that_cannot_be_rebuilt_names_the_folder_to_delete(built_kernel, checkpoint, tmp_path):
+    no_compiler = str(tmp_path / "no-such-compiler")
+    for precision, status in (("float16", 2), ("float32", 0)):
+        root = copy_of_the_build(built_kernel, tmp_path / precision)
+        library = kernel_library(root)
+        library.write_bytes(DAMAGES["truncated"](library.read_bytes()))
+        result = generate_in_child(checkpoint, root, "--precision", precision, CXX=no_compiler)
+        assert result.returncode == status, (result.returncode, result.stderr)
+        failure = (rf"could not rebuild this project's damaged CPU kernel \([^()]*no-such-compiler: not found\); "
+                   rf"delete the folder {re.escape(str(library.parent))} and run again")
+        lines = result.stderr.splitlines()
+        assert lines[0].startswith(f"the CPU kernel's library in {library.parent} is damaged"), result.stderr
+        if precision == "float16":
+            assert result.stdout == "" and len(lines) == 2 and re.fullmatch("error: " + failure, lines[1]), lines
+        else:
+            assert re.fullmatch("note: decoding without this project's CPU kernel, more slowly: " + failure,
+                                lines[1]), lines
+            assert result.stdout.startswith("Once upon a time")
+
+
+# torch's CUDA build on a machine without a GPU, as far as torch.utils.cpp_extension looks at its import (this
+# suite's CPU build of torch never logs it): it logs "No CUDA runtime is found, using CUDA_HOME=...".
+CUDA_BUILD_WITHOUT_A_GPU = """
+import runpy, sys, torch
+torch.cuda._is_compiled = lambda: True
+torch.version.cuda = "12.4"
+torch.cuda.is_available = lambda: False
+if sys.argv[1] == "import":
+    import torch.utils.cpp_extension
+else:
+    sys.argv = sys.argv[1:]
+    runpy.run_path("generate.py", run_name="__main__")
+"""
+
+
+def test_loading_the_kernel_under_torchs_cuda_build_without_a_gpu_prints_nothing_of_torchs(
+        built_kernel, checkpoint, tmp_path):
+    cuda_home = tmp_path / "cuda"
+    cuda_home.mkdir()
+    environment = {**os.environ, "CUDA_HOME": str(cuda_home), "TORCH_EXTENSIONS_DIR": str(tmp_path / "none")}
+    plain = subprocess.run([sys.executable, "-c", CUDA_BUILD_WITHOUT_A_GPU, "import"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, env=environment)
+    assert f"No CUDA runtime is found, using CUDA_HOME='{cuda_home}'" in plain.stderr  # what the README's install saw
+    root = copy_of_the_build(built_kernel, tmp_path)
+    environment["TORCH_EXTENSIONS_DIR"] = str(root)
+    for built in (False, True):  # torch builds (links) the library, then loads it as built
+        if not built:
+            kernel_library(root).unlink()
+        result = subprocess.run([sys.executable, "-c", CUDA_BUILD_WITHOUT_A_GPU, "generate.py", "--model",
+                                 str(checkpoint), "--max_tokens", "4", "--seed", "1", "--precision", "float16"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300, env=environment)
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.splitlines()
+        assert lines[:-1] == ([] if built else ["compiling this project's CPU kernel (once; about 10 s)"]), lines
+        assert len(lines) >= 1 and re.fullmatch(r"\[4 tokens in [0-9.]+ s, [0-9.]+ tokens/s\]", lines[-1]), lines
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(checkpoint, tmp_path, monkeypatch, capsys):
+    model = tmp_path / "model.pth"
+    model.write_bytes(checkpoint.read_bytes())
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "model-link.pth").symlink_to(model)
+    (tmp_path / "prompts-link.txt").symlink_to(prompts)
+    os.link(model, tmp_path / "model-hard-link.pth")
+    monkeypatch.setattr(generate_script, "load_subject", lambda *args, **kwargs: pytest.fail("loaded anyway"))
+    originals = {path: path.read_bytes() for path in (model, prompts)}
+    up = tmp_path / "sub" / ".."
+    for output, given in [(model, model), (prompts, prompts), (up / "model.pth", model), (up / "prompts.txt", prompts),
+                          (tmp_path / "model-link.pth", model), (tmp_path / "prompts-link.txt", prompts),
+                          (tmp_path / "model-hard-link.pth", model)]:
+        status, out, err = run(monkeypatch, capsys, "--model", str(model), "--prompt_file", str(prompts),
+                               "--max_tokens", "2", "--output", str(output))
+        assert status == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert err == (f"error: --output {output} is the input {given}, which writing it would destroy; "
+                       "choose another path\n")
+        assert {path: path.read_bytes() for path in originals} == originals
+
+
+def test_an_output_inside_a_hugging_face_model_folder_is_refused(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    monkeypatch.setattr(generate_script, "load_subject", lambda *args, **kwargs: pytest.fail("loaded anyway"))
+    status, out, err = run(monkeypatch, capsys, "--model", str(folder), "--output", str(folder / "config.json"))
+    assert status == 2 and out == "" and (folder / "config.json").read_text() == "{}"
+    assert err.startswith(f"error: --output {folder / 'config.json'} is inside the input {folder}, ")

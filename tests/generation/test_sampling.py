@@ -2,13 +2,19 @@
 its sliding window checked against the cache-free reference decoder (engine, window), beam search, streaming UTF-8,
 and token-for-token agreement with Hugging Face's greedy and beam search."""
 import copy
+import importlib.util
+import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from model.model import Model, preset
 from tests.generation.reference import GREEDY, engine_decode, reference_decode
+from tests.scripts import run_script
+from tinystories.checkpoint import model_checkpoint, save_checkpoint
 from tinystories.errors import UserError
 from tinystories.generation.beams import beam_complete, beam_search
 from tinystories.generation.decoders import decoding_model
@@ -355,3 +361,125 @@ def test_non_finite_logits_are_a_user_error(temperature, bad):
     logits[3] = bad
     with pytest.raises(UserError, match="the model produces non-finite values"):
         pick_next_token(logits, SamplingConfig(temperature=temperature), None)
+
+
+# ---- settings at the very ends of their ranges (issue 25) ---------------------------------------------------------
+
+TINY_TEMPERATURES = [1e-38, 1e-40, 1e-45, 1e-46, 5e-324]  # the division overflows float32, or rounds to 0
+
+
+@pytest.mark.parametrize("temperature", TINY_TEMPERATURES)
+def test_a_tiny_temperature_is_greedy_among_the_tied_best(temperature):
+    """Used to divide the best logits to infinity, and softmax to NaN: torch.multinomial raised."""
+    logits = torch.tensor([1.0, 3.0, 3.0, 0.0, 3.0, 2.9999])
+    third = round(1 / 3, 6)
+    for top_k in (0, 2, 4):  # no filter, a top k that the ties cross, one that holds them all
+        for sign in (1.0, -1.0):  # best logits far above 0, and all logits below 0 (the best is -0.0 after the max)
+            ids, probabilities = next_token_distribution(sign * logits + (0 if sign > 0 else 10.0),
+                                                         SamplingConfig(temperature, top_k, 1.0))
+            best = {1: third, 2: third, 4: third} if sign > 0 else {3: 1.0}
+            shown = {int(i): round(float(p), 6) for i, p in zip(ids, probabilities) if p > 0}
+            assert shown == best, (top_k, sign)
+    generator = torch.Generator().manual_seed(0)
+    draws = {pick_next_token(logits, SamplingConfig(temperature, 0, 1.0), generator) for _ in range(60)}
+    assert draws == {1, 2, 4}  # every tied best is drawn, and nothing else
+    random_logits = torch.randn(50257, generator=torch.Generator().manual_seed(1)) * 4
+    assert pick_next_token(random_logits, SamplingConfig(temperature, 50, 0.9), None) == int(random_logits.argmax())
+
+
+@pytest.mark.parametrize("top_p", [1e-46, 1e-300, 1e-40])  # 1e-46 and 1e-300 round to 0 in float32
+def test_a_tiny_top_p_keeps_only_the_most_likely_token(top_p):
+    assert kept(PROBABILITIES, temperature=1.0, top_k=0, top_p=top_p) == {1: 1.0}
+    assert kept(PROBABILITIES, temperature=0.5, top_k=3, top_p=top_p) == {1: 1.0}
+    random_logits = torch.randn(1000, generator=torch.Generator().manual_seed(2))
+    assert pick_next_token(random_logits, SamplingConfig(1.0, 0, top_p), None) == int(random_logits.argmax())
+
+
+def test_ordinary_temperatures_divide_exactly_as_before():
+    """The guard for tiny temperatures must not move a single bit of an ordinary one's distribution (the same
+    seed gives the same tokens as it always has): the probabilities are softmax(logits / T), computed as before."""
+    logits = torch.randn(5000, generator=torch.Generator().manual_seed(3)) * 5
+    for temperature in (2.0, 1.3, 1.0, 0.8, 0.1, 1e-3, 1e-10, 1e-30):
+        ids, probabilities = next_token_distribution(logits, SamplingConfig(temperature, 0, 1.0))
+        scores, order = (logits / temperature).sort(descending=True)
+        assert torch.equal(ids, order) and torch.equal(probabilities, torch.softmax(scores, dim=0)), temperature
+
+
+def test_picking_many_rows_with_tiny_settings_equals_row_by_row_and_is_greedy():
+    logits = torch.randn(12, 1000, generator=torch.Generator().manual_seed(4)) * 3
+    samplings = [SamplingConfig(1e-40, 50, 1.0), SamplingConfig(0.8, 50, 0.95), SamplingConfig(1e-46, 0, 1.0),
+                 SamplingConfig(1.0, 50, 1e-46), SamplingConfig(1.0, 0, 1e-46), GREEDY] * 2
+
+    def generators():
+        return [torch.Generator().manual_seed(10 + row) for row in range(12)]
+
+    together = pick_next_tokens(logits, samplings, generators())
+    alone = [pick_next_token(logits[row], samplings[row], generator) for row, generator in enumerate(generators())]
+    assert together == alone
+    greedy = logits.argmax(dim=1).tolist()
+    assert [token for row, token in enumerate(together) if row % 6 != 1] == [
+        token for row, token in enumerate(greedy) if row % 6 != 1]
+
+
+def test_one_rows_failure_gives_that_row_the_error_and_the_others_their_tokens(monkeypatch):
+    """A row with non-finite logits, or whose own draw raises, used to raise for the whole batch."""
+    logits = torch.randn(6, 1000, generator=torch.Generator().manual_seed(5)) * 3
+    samplings = [SamplingConfig(0.8, 50, 0.95), GREEDY, SamplingConfig(1.0, 0, 1.0)] * 2
+
+    def generators():
+        return [torch.Generator().manual_seed(20 + row) for row in range(6)]
+
+    alone = [pick_next_token(logits[row], samplings[row], generator) for row, generator in enumerate(generators())]
+    for broken in (0, 1, 2):  # a batched top-k row, a greedy row and a single-row-path row
+        bad = logits.clone()
+        bad[broken + 3, 7] = float("nan")
+        picked = pick_next_tokens(bad, samplings, generators())
+        assert isinstance(picked[broken + 3], UserError) and "non-finite" in str(picked[broken + 3])
+        others = [row for row in range(6) if row != broken + 3]
+        assert [picked[row] for row in others] == [alone[row] for row in others]
+    drawing = generators()
+    real_multinomial = torch.multinomial
+
+    def multinomial(probabilities, count, generator=None):
+        if generator is drawing[3]:
+            raise RuntimeError("this row's draw failed")
+        return real_multinomial(probabilities, count, generator=generator)
+
+    monkeypatch.setattr(torch, "multinomial", multinomial)
+    picked = pick_next_tokens(logits, samplings, drawing)
+    assert isinstance(picked[3], RuntimeError) and str(picked[3]) == "this row's draw failed"
+    assert picked[:3] + picked[4:] == alone[:3] + alone[4:]  # nobody drew twice, or lost a token
+
+
+def generate_script():
+    """generate.py, loaded by path under a name of its own (test_generate_script.py loads it as well)."""
+    name = "generate_script_for_sampling"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[2] / "generate.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sampling") / "model.pth"
+    save_checkpoint(path, model_checkpoint(model, step=0))
+    return path
+
+
+@pytest.mark.parametrize("settings", [["--temperature", "1e-45"], ["--temperature", "1e-40", "--top_k", "0"],
+                                      ["--temperature", "1e-46", "--num_samples", "3", "--top_k", "7"],
+                                      ["--top_p", "1e-46", "--num_samples", "2"]])
+def test_generate_py_decodes_tiny_settings_greedily(checkpoint, monkeypatch, capsys, settings):
+    """generate.py used to end with a traceback ("generation failed: ...", from inside torch.multinomial)."""
+    def token_ids(*args: str) -> list[list[int]]:
+        status, out, err = run_script(monkeypatch, capsys, generate_script(), "--model", str(checkpoint),
+                                      "--max_tokens", "15", "--ignore_eos", "true", "--json", "true", "--seed", "4",
+                                      *args)
+        assert status == 0 and "Traceback" not in err, err
+        return [sample["token_ids"] for sample in json.loads(out)["samples"]]
+
+    samples = token_ids(*settings)
+    [greedy] = token_ids("--temperature", "0")
+    assert len(samples) >= 1 and all(ids == greedy for ids in samples) and len(set(greedy)) > 3

@@ -10,26 +10,34 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import types
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
 import pytest
 import torch
+import uvicorn
 
 from model.model import Model, preset
 from tests.generation.reference import engine_decode
 from tinystories.checkpoint import model_checkpoint, save_checkpoint
 from tinystories.generation.decoders import decoding_model
+from tinystories.generation.engine import Engine
 from tinystories.generation.requests import sequence_seed
 from tinystories.generation.sampling import SamplingConfig
 from tinystories.generation.weight_formats import rounded_copy
 from tinystories.interop.hf import to_hf
+from tinystories.serving import openai_protocol
+from tinystories.serving.app import create_app, listening_socket
 from tinystories.serving.server_process import ROOT, ServerProcess
+from tinystories.serving.service import ServerConfig
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 MAX_BATCH, MAX_QUEUE, MAX_N, MAX_TOKENS_LIMIT = 8, 8, 8, 600
@@ -333,6 +341,13 @@ BAD_REQUESTS = [
      "use POST /v1/completions"),
     ("GET", "/v1/completions", None, {}, API_KEY, 405, "GET is not allowed on /v1/completions"),
     ("GET", "/v2/anything", None, {}, API_KEY, 404, "no such route: GET /v2/anything"),
+    # Bodies that used to be answered 500 with a traceback in the log, or read and tokenized whole (issue 25).
+    ("POST", "/v1/completions", b'{"model": "tiny-stories", "prompt": "Hi", "seed": ' + b"7" * 5000 + b"}", {},
+     API_KEY, 400, "an integer of more than 4300 digits"),
+    ("POST", "/v1/completions", b'{"model": "tiny-stories", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {},
+     API_KEY, 400, "nests lists or objects too deeply"),
+    ("POST", "/v1/completions", b'{"model": "tiny-stories", "prompt": "' + b"a" * 2**20 + b'"}', {}, API_KEY, 413,
+     "larger than this server's limit of 1,048,576 bytes"),
 ]
 
 
@@ -378,6 +393,106 @@ def test_a_full_queue_answers_429_with_retry_after(server):
     wait_until_idle(server)
     body = {"model": "tiny-stories", "prompt": "Hi", "max_tokens": 5}
     assert request(server, "POST", "/v1/completions", body)[0] == 200
+
+
+def test_tiny_temperatures_and_top_p_complete_beside_concurrent_streams(client, server):
+    """A temperature below about 1e-38 or a top_p below float32's smallest value used to be answered 503, and
+    end every stream decoding in the same step with that error."""
+    long = {"model": "tiny-stories", "prompt": PROMPT, "max_tokens": MAX_TOKENS_LIMIT, "ignore_eos": True,
+            "temperature": 0.9, "top_k": 50}
+    streams = [open_stream(server, {**long, "seed": number}) for number in range(3)]
+    settings = dict(model="tiny-stories", prompt="Tom had a dog.", max_tokens=20)
+    greedy = client.completions.create(**settings, temperature=0, extra_body={"ignore_eos": True}).choices[0].text
+    for tiny in ({"temperature": 1e-45}, {"temperature": 1e-40, "extra_body": {"top_k": 0}},
+                 {"temperature": 1.0, "top_p": 1e-46}, {"temperature": 1e-46, "top_p": 1e-46, "n": 2}):
+        extra_body = {"ignore_eos": True, **tiny.pop("extra_body", {})}
+        completion = client.completions.create(**settings, **tiny, extra_body=extra_body)  # 200, or it raises
+        assert [choice.text for choice in completion.choices] == [greedy] * tiny.get("n", 1), tiny
+    assert server.health()["in_flight"] >= 3, "the streams should still be decoding beside those requests"
+    for connection, response in streams:
+        events = [line[len("data: "):] for line in response.read().decode().splitlines() if line.startswith("data: ")]
+        connection.close()
+        assert events[-1] == "[DONE]" and not any('"error"' in event for event in events)
+        assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+    wait_until_idle(server)
+
+
+def test_a_body_that_grows_past_the_limit_is_answered_413(server):
+    """Without a Content-Length (chunked), the body is refused once what arrived passes the limit."""
+    address = urlsplit(server.base_url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+    chunks = (b'{"model": "tiny-stories", "prompt": "' if number == 0 else b"a" * 2**16 for number in range(40))
+    connection.request("POST", "/v1/completions", body=chunks, encode_chunked=True,
+                       headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    document = json.loads(response.read())
+    connection.close()
+    assert response.status == 413 and "limit of 1,048,576 bytes" in document["error"]["message"]
+    assert document["error"]["code"] == "request_too_large"
+    body = {"model": "tiny-stories", "prompt": "Hi", "max_tokens": 5}
+    assert request(server, "POST", "/v1/completions", body)[0] == 200
+
+
+def test_a_client_that_leaves_mid_body_is_one_line_in_the_log(server):
+    """Used to log a traceback (starlette's ClientDisconnect)."""
+    address = urlsplit(server.base_url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {address.netloc}\r\nAuthorization: Bearer {API_KEY}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n".encode()
+                     + b'{"model": "tiny-stories", "prompt": "' + b"a" * 2000)
+    line = "left before sending the whole request body"
+    wait_for(lambda: line in server.log(), what="the server to log the client that left")
+    log = server.log()
+    assert log.count(line) == 1 and "Traceback" not in log and "Exception in ASGI application" not in log
+    assert [text for text in log.splitlines() if line in text][0].startswith("INFO:")
+    assert wait_until_idle(server)["status"] == "ok"
+
+
+def test_health_answers_while_a_long_prompt_is_tokenized(model, decoder, monkeypatch):
+    """Parsing and tokenizing used to run on the event loop: one 20 MB body kept every client waiting, /health
+    included, for 2.3 s. Here the tokenizer holds the long prompt until /health has answered, so a server that
+    tokenized on its event loop could not answer at all. The server runs in this process, on a real port."""
+    tokenizer = get_tokenizer()
+    tokenizing, release = threading.Event(), threading.Event()
+
+    class HeldTokenizer:
+        def encode_ordinary(self, text: str) -> list[int]:
+            if len(text) > 100_000:
+                tokenizing.set()
+                release.wait(60)
+            return tokenizer.encode_ordinary(text)
+
+    monkeypatch.setattr(openai_protocol, "get_tokenizer", HeldTokenizer)
+    monkeypatch.delenv("TINYSTORIES_API_KEY", raising=False)
+    app = create_app(Engine(decoder, max_batch=2), "tiny-stories", ServerConfig(port=0),
+                     vocab_size=model.config.vocab_size, context_length=model.config.block_size)
+    sock = listening_socket("127.0.0.1", 0)
+    local = types.SimpleNamespace(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}")
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning"))
+    serving = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    serving.start()
+    answers = []
+    long_prompt = PROMPT * 16_000  # 850 KB: legal (under the 1 MiB limit); the model reads its last tokens
+    poster = threading.Thread(target=lambda: answers.append(request(
+        local, "POST", "/v1/completions", {"model": "tiny-stories", "prompt": long_prompt, "max_tokens": 5,
+                                           "temperature": 0}, key=None)))
+    try:
+        wait_for(lambda: server.started, what="the in-process server to start")
+        poster.start()
+        assert tokenizing.wait(60)
+        started = time.monotonic()
+        with urllib.request.urlopen(f"{local.base_url}/health", timeout=10) as response:
+            assert response.status == 200 and json.load(response)["status"] == "ok"
+        assert time.monotonic() - started < 5 and poster.is_alive()  # the long prompt is still being tokenized
+    finally:
+        release.set()
+        if poster.ident is not None:
+            poster.join(timeout=120)
+        server.should_exit = True
+        serving.join(timeout=60)
+    [(status, _, document)] = answers
+    assert status == 200 and document["usage"]["prompt_tokens"] == len(tokenizer.encode_ordinary(long_prompt))
+    assert document["choices"][0]["text"]
 
 
 # ---- the page in a real browser ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from tinystories.serving.openai_protocol import (
     Limits,
     Logprobs,
     ResponseHeader,
+    _shown,
     choice,
     parse_completion_request,
     server_sent_event,
@@ -121,3 +122,22 @@ def test_completion_and_chunk_objects():
     assert document["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
     event = server_sent_event(header.wrap([choice(1, "é", None, None)]))
     assert event.startswith("data: {") and event.endswith("}\n\n") and json.loads(event[6:])["id"] == header.id
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b'{"model": "m", "prompt": "Hi", "max_tokens": ' + b"9" * 4301 + b"}", "an integer of more than 4300 digits"),
+    (b'{"model": "m", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests lists or objects too deeply"),
+    (b'{"model": "m", "prompt": "Hi", "x": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}", "too deeply"),
+])
+def test_bodies_python_cannot_read_are_400s_not_crashes(raw, words):
+    """json.loads raised ValueError (Python's limit on integer digits) or RecursionError: a 500 and a traceback."""
+    error = refused(raw)
+    assert error.status == 400 and words in error.message and "set_int_max_str_digits" not in error.message
+
+
+def test_a_value_nested_too_deeply_to_quote_is_named_instead():
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    assert _shown(nested) == "a list nested too deeply"
+    assert _shown([1, "a"]) == '[1, "a"]' and len(_shown("x" * 500)) == 80

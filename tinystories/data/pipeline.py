@@ -69,7 +69,8 @@ def ordered_map(function, items: Iterable, num_workers: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def labelled_chunks(labelled_stories: Iterable[tuple[str, str]], labels: Iterable[str]) -> Iterator[tuple[str, list[str]]]:
+def labelled_chunks(labelled_stories: Iterable[tuple[str, str]],
+                    labels: Iterable[str]) -> Iterator[tuple[str, list[str]]]:
     """(label, stories) groups of about `CHUNK_CHARACTERS` characters, each label's stories in input order."""
     buffers: dict[str, list[str]] = {label: [] for label in labels}
     sizes = dict.fromkeys(buffers, 0)

@@ -44,7 +44,8 @@ def _plot_lost_thing(r: random.Random, s: dict) -> list[str]:
             f"{s['name']} looked under a tree and behind a rock. {s['Pron']} could not find it.",
             f"Then {s['friend']} the {s['friend_kind']} came and said, \"I will help you look!\"",
             f"They looked together, and {s['friend']} found the {s['thing']} near {s['place2']}.",
-            f"\"Thank you, {s['friend']}!\" said {s['name']}. {s['Pron']} felt {r.choice(['happy', 'glad', 'proud'])} again."]
+            f"\"Thank you, {s['friend']}!\" said {s['name']}. "
+            f"{s['Pron']} felt {r.choice(['happy', 'glad', 'proud'])} again."]
 
 
 def _plot_sharing(r: random.Random, s: dict) -> list[str]:
@@ -64,7 +65,8 @@ def _plot_adventure(r: random.Random, s: dict) -> list[str]:
             f"\"Where are you going?\" asked {s['friend']}. \"I am going to find {s['place2']},\" said {s['name']}.",
             f"They went together. They saw a {s['color']} {s['thing']} lying on the path.",
             f"{s['name']} picked it up and said, \"We can take it with us!\"",
-            f"At last they reached {s['place2']}. It was {r.choice(['big and beautiful', 'quiet and green', 'full of light'])}."]
+            f"At last they reached {s['place2']}. "
+            f"It was {r.choice(['big and beautiful', 'quiet and green', 'full of light'])}."]
 
 
 def _plot_helping(r: random.Random, s: dict) -> list[str]:

@@ -12,6 +12,9 @@ them against a cache-free reference decoder), with a generator on the model's de
 seed (greedy: the same ids). The sliding window is window.py's, per sequence: a sequence whose cache is full
 re-encodes the last 3/4 of its window at positions 0, 1, ..., in the same forward as the others' single tokens.
 
+Failures: a sequence whose own token cannot be picked (non-finite logits, a failed draw) ends alone with the
+error, and the others decode on; a failed forward, which every active sequence shares, ends them all.
+
 Threads: `submit`, `SequenceHandle.cancel`, `events` and `result` may be called from any thread. Steps run
 on one thread at a time: the caller's (`run`, `generate`) or the engine's own (`start`), which also calls
 the `on_event` callbacks, so those should be quick.
@@ -251,8 +254,7 @@ class Engine:
             failed = self._rows + list(self._waiting)
             self._rows, self._waiting = [], collections.deque()
             self.cache.lengths = [0] * self.max_batch
-        # A UserError (a model with non-finite outputs) stays one, so the script reports it in one line.
-        reported = error if isinstance(error, UserError) else RuntimeError(f"generation failed: {error}")
+        reported = _reported(error)
         for sequence in failed:
             sequence.handle._finish(None, reported)
 
@@ -291,11 +293,16 @@ class Engine:
         sequences = [self._rows[row] for row in order]
         for row, sequence in zip(order, sequences):
             sequence.cached = self.cache.lengths[row]
+        # A sequence whose own picking failed gets the exception instead of a token, and ends with it alone.
         picked = pick_next_tokens(logits, [s.request.sampling for s in sequences], [s.generator for s in sequences])
         logprobs = self._logprobs(logits, picked, sequences)
         finished = []
         for index, row in enumerate(order):
             sequence = self._rows[row]
+            if isinstance(picked[index], Exception):
+                sequence.handle._finish(None, _reported(picked[index]))
+                finished.append((row, "cancelled"))  # its handle has the error; "cancelled" only frees the row
+                continue
             chosen, top = logprobs.get(index, (None, []))
             try:
                 reason = sequence.add(picked[index], chosen, top)
@@ -308,11 +315,12 @@ class Engine:
             self._finish(row, reason)
 
     @staticmethod
-    def _logprobs(logits: torch.Tensor, picked: list[int], sequences: list[_Sequence]
+    def _logprobs(logits: torch.Tensor, picked: list[int | Exception], sequences: list[_Sequence]
                   ) -> dict[int, tuple[float, list[tuple[int, float]]]]:
-        """For each row whose request asks for them: the picked token's logprob and the top alternatives.
-        Only those rows pay for the normalisation over the whole vocabulary."""
-        wanted = [index for index, s in enumerate(sequences) if s.request.logprobs or s.request.top_logprobs]
+        """For each row whose request asks for them (and that has a token): the picked token's logprob and the
+        top alternatives. Only those rows pay for the normalisation over the whole vocabulary."""
+        wanted = [index for index, s in enumerate(sequences)
+                  if (s.request.logprobs or s.request.top_logprobs) and not isinstance(picked[index], Exception)]
         if not wanted:
             return {}
         logprobs = torch.log_softmax(logits[wanted], dim=-1)
@@ -338,6 +346,12 @@ class Engine:
         else:
             self.cache.release(row)
         self._rows.pop()
+
+
+def _reported(error: BaseException) -> BaseException:
+    """The error a sequence ends with: a UserError (a model with non-finite outputs) stays one, so the script
+    reports it in one line; anything else says that generation failed."""
+    return error if isinstance(error, UserError) else RuntimeError(f"generation failed: {error}")
 
 
 def complete_all(model: Model, prompts: list[str], max_new_tokens: int, sampling: SamplingConfig, run_seed: int,

@@ -6,6 +6,10 @@ each sequence's TokenEvents and final result come back to the event loop through
 `loop.call_soon_threadsafe` into one asyncio queue per request. A client that disconnects has its
 sequences cancelled, which frees their slots at the engine's next step.
 
+A request's body is read up to `max_body_bytes` (413 beyond that), and parsed and tokenized on a worker thread,
+so that a long prompt never holds up the event loop, and with it every other client. A client that leaves
+before its body is complete is logged in one line.
+
 Admission: at most `max_batch` sequences decode at once and `max_queue` more may wait for a slot; a request
 that would exceed that is answered 429 with Retry-After instead of growing the queue without bound.
 SIGTERM or Ctrl-C stops accepting connections, cancels every running sequence so that each open stream ends
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import logging
 import signal
 import socket
 import sys
@@ -28,6 +33,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from tinystories.errors import UserError
 from tinystories.generation.engine import Engine
@@ -55,6 +61,7 @@ from tinystories.serving.service import (
 
 PLAYGROUND = Path(__file__).resolve().parent / "playground"
 SHUTDOWN_GRACE_SECONDS = 5  # uvicorn's limit for open connections after the streams were told to end
+LOG = logging.getLogger("uvicorn.error")  # uvicorn's own log, which serve() configures
 # The page and its two files come from this server only: nothing from elsewhere may load or run.
 SECURITY_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
@@ -90,6 +97,25 @@ async def _stream(service: Service, submission: Submission, request: CompletionR
     finally:
         submission.cancel()  # a client that left: its sequences stop at the engine's next step
     yield STREAM_END
+
+
+async def _body(http_request: Request, limit: int) -> bytes:
+    """The request's body; 413 as soon as it is known to be longer than `limit` bytes (from its Content-Length, or
+    as it arrives), before the rest is read. ClientDisconnect if the client leaves before sending all of it."""
+    declared = http_request.headers.get("content-length", "")
+    if declared.isdigit() and (len(declared) > 20 or int(declared) > limit):
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in http_request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the request body is larger than this server's limit of {limit:,} bytes; send a shorter "
+                         "prompt (the model reads only the end of a long one)", code="request_too_large")
 
 
 async def _until_disconnected(http_request: Request) -> None:
@@ -136,7 +162,15 @@ api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 @api.post("/completions")
 async def completions(http_request: Request) -> Any:
     service = _service(http_request)
-    request = parse_completion_request(await http_request.body(), service.model_name, service.limits)
+    try:
+        raw = await _body(http_request, service.config.max_body_bytes)
+    except ClientDisconnect:  # nobody is left to answer; the server goes on
+        client = http_request.client
+        who = f"client {client.host}:{client.port}" if client else "a client"
+        LOG.info("%s left before sending the whole request body", who)
+        return Response(status_code=499)
+    # Parsing and tokenizing a long prompt takes a while: on a worker thread, the event loop serves the others.
+    request = await asyncio.to_thread(parse_completion_request, raw, service.model_name, service.limits)
     service.admit(request.sequences)
     submission = Submission(service, generation_requests(request))
     header = ResponseHeader(service.model_name)

@@ -2,13 +2,15 @@
 
 Only the wire format lives here (OpenAI's legacy `POST /v1/completions`, which the official clients and
 tools built on them speak); `tinystories.serving.app` moves requests between HTTP and the engine. Status codes:
-400 for a body that is not a JSON object or a value out of range, 422 for a field of the wrong type or a
-missing one, 404 for an unknown model; the server adds 401, 429 and 503.
+400 for a body that is not a JSON object (or one Python cannot read: an integer of thousands of digits,
+lists nested a thousand deep) or a value out of range, 422 for a field of the wrong type or a missing one,
+404 for an unknown model; the server adds 401, 413, 429 and 503.
 """
 from __future__ import annotations
 
 import json
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -110,11 +112,19 @@ def _type_error(error: ValidationError) -> ApiError:
     param = str(first["loc"][0])
     if first["type"] == "missing":
         return ApiError(422, f"{param} is required; for example {EXAMPLE}", param)
-    got = json.dumps(first.get("input"))[:80]
+    got = _shown(first.get("input"))
     if param in _EXPECTED:
         return ApiError(422, f"{param} must be {_EXPECTED[param]}, got {got}", param)
     message = first["msg"][0].lower() + first["msg"][1:]
     return ApiError(422, f"{param}: {message}, got {got}", param)
+
+
+def _shown(value: Any) -> str:
+    """The start of a JSON value, to quote in a message; one nested too deeply to write is only named."""
+    try:
+        return json.dumps(value)[:80]
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply"
 
 
 def _prompts(prompt: Any, vocab_size: int) -> list[list[int]]:
@@ -156,8 +166,13 @@ def parse_completion_request(raw: bytes, model_name: str, limits: Limits) -> Com
     """The checked request in `raw` (the HTTP body); an ApiError says what to change."""
     try:
         document = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise _invalid(f"the request body is not valid JSON ({error}); send an object such as {EXAMPLE}") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, or an integer too long for Python to convert
+        problem = (f"has an integer of more than {sys.get_int_max_str_digits()} digits, which no field takes"
+                   if "digits" in str(error) else f"is not valid JSON ({error})")
+        raise _invalid(f"the request body {problem}; send an object such as {EXAMPLE}") from None
+    except RecursionError:
+        raise _invalid("the request body nests lists or objects too deeply to read (about a thousand levels); "
+                       f"send an object such as {EXAMPLE}") from None
     if not isinstance(document, dict):
         raise _invalid(f"the request body must be a JSON object such as {EXAMPLE}")
     try:

@@ -36,9 +36,12 @@ class ServerConfig:
         "help": "sequences that may wait for a free slot; requests beyond that are answered 429"})
     max_tokens_limit: int = field(default=1024, metadata={"help": "the largest max_tokens a request may ask for"})
     max_n: int = field(default=16, metadata={"help": "the most sequences one request may ask for (prompts x n)"})
+    max_body_bytes: int = field(default=2**20, metadata={
+        "help": "the largest request body in bytes (1 MiB: far more text than a model's context holds); a larger "
+                "one is answered 413"})
 
     def __post_init__(self) -> None:
-        require_at_least(self, ("max_batch", "max_tokens_limit", "max_n"))
+        require_at_least(self, ("max_batch", "max_tokens_limit", "max_n", "max_body_bytes"))
         require_at_least(self, ("max_queue",), minimum=0)
         if self.max_n > self.max_batch + self.max_queue:
             raise UserError(f"--max_n {self.max_n} could never be admitted: it is above --max_batch + --max_queue "
