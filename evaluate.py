@@ -18,6 +18,7 @@ from tinystories.checks import require_at_least
 from tinystories.cli import ArgumentParser, parse_dataclasses
 from tinystories.data import load_tokens, read_stories
 from tinystories.data.pipeline import encode_stories
+from tinystories.data.readers import expand_paths
 from tinystories.errors import UserError, run_main
 from tinystories.evaluation.beginnings import read_beginnings, story_beginning
 from tinystories.evaluation.judge import (
@@ -28,6 +29,7 @@ from tinystories.evaluation.judge import (
     GradingCache,
     Judge,
     JudgeConfig,
+    check_cache_path,
     grade_all,
     grading_records,
     judge_report,
@@ -43,7 +45,14 @@ from tinystories.evaluation.metrics import (
     stream_loss,
 )
 from tinystories.evaluation.subjects import DEFAULT_BLOCK_SIZE, CheckpointSubject, Subject, load_subject
-from tinystories.files import atomic_write, check_output_file, folders_removed_on_failure, write_json, write_json_lines
+from tinystories.files import (
+    atomic_write,
+    check_not_an_input,
+    check_output_file,
+    folders_removed_on_failure,
+    write_json,
+    write_json_lines,
+)
 from tinystories.generation.requests import SequenceResult, default_batch_size
 from tinystories.generation.sampling import SamplingConfig
 from tinystories.generation.weight_formats import WEIGHT_FORMAT_HELP, WEIGHT_FORMATS
@@ -241,15 +250,48 @@ def evaluate_subject(subject: Subject, tokens: Tokens, config: EvaluateConfig, s
 
 def main() -> None:
     config, sampling, judging = parse_arguments()
-    with folders_removed_on_failure(Path(config.output).parent):
+    folders = [Path(config.output).parent] + ([Path(judging.judge_cache).parent] if judging.judge is not None else [])
+    with folders_removed_on_failure(*folders):
         evaluate_and_report(config, sampling, judging)
 
 
-def evaluate_and_report(config: EvaluateConfig, sampling: SamplingConfig, judging: JudgeConfig) -> None:
-    # A bad --output fails now, not after the evaluation.
-    output = check_output_file(config.output, "--output")
+def run_inputs(config: EvaluateConfig, judging: JudgeConfig) -> list[str | Path]:
+    """The files and folders the run reads, which no output may overwrite: the models, the data (--data_path's
+    files and folders, or --data_dir) and --judge_prompts."""
+    inputs: list[str | Path] = list(config.model)
+    if config.data_path is not None:
+        entries = [entry.strip() for entry in config.data_path.split(",")]
+        inputs += [entry for entry in entries if entry and Path(entry).is_dir()] + expand_paths(config.data_path)
+    else:
+        inputs.append(config.data_dir)
+    if judging.judge is not None and judging.judge_prompts is not None:
+        inputs.append(judging.judge_prompts)
+    return inputs
+
+
+def check_outputs(config: EvaluateConfig, judging: JudgeConfig) -> Path:
+    """Refuse, before any work, outputs that would overwrite an input (the judge cache, which is read too,
+    included) or cannot be written; the report's path."""
+    output = check_output_file(config.output, "--output")  # first: a folder such as "." has no name to derive from
+    outputs = [(output, "--output")]
     if config.generate:
-        check_output_file(output.with_suffix(".completions.txt"), "--output's completions file")
+        outputs.append((output.with_suffix(".completions.txt"), "--output's completions file"))
+    inputs = run_inputs(config, judging)
+    if judging.judge is not None:
+        outputs.append((output.with_suffix(".judged.jsonl"), "--output's gradings file"))
+        check_not_an_input(judging.judge_cache, "--judge_cache", inputs)
+        inputs.append(judging.judge_cache)
+    for path, flag in outputs:
+        check_not_an_input(path, flag, inputs)
+    for path, flag in outputs[1:]:
+        check_output_file(path, flag)
+    if judging.judge is not None:
+        check_cache_path(judging.judge_cache)
+    return output
+
+
+def evaluate_and_report(config: EvaluateConfig, sampling: SamplingConfig, judging: JudgeConfig) -> None:
+    output = check_outputs(config, judging)  # a bad --output fails now, not after the evaluation
     tokens, source = evaluation_tokens(config)
     device = resolve_device(config.device)
     judge = Judge(judging) if judging.judge is not None else None  # a missing key fails before the long work

@@ -14,9 +14,9 @@ from pathlib import Path
 from tinystories.checkpoint import load_model, model_checkpoint, save_checkpoint
 from tinystories.cli import ArgumentParser
 from tinystories.errors import UserError, run_main
-from tinystories.files import check_output_file
+from tinystories.files import check_not_an_input, check_output_file, folders_removed_on_failure
 from tinystories.interop.gguf import EXACT_GELU_WARNING, OUTTYPES, save_gguf
-from tinystories.interop.hf import load_hf, save_hf
+from tinystories.interop.hf import check_output_folder, load_hf, save_hf
 
 
 def main() -> None:
@@ -39,23 +39,45 @@ def main() -> None:
     if args.from_hf is not None and args.format != "hf":
         raise UserError("--format applies to --model only (--from_hf always writes our .pth checkpoint)")
 
-    if args.model is not None and args.format == "gguf":
-        check_output_file(args.out, "--out")
-        model, _ = load_model(args.model)
-        save_gguf(model, args.out, args.outtype or "f32")
-        if model.config.activation == "gelu":
-            print(EXACT_GELU_WARNING, file=sys.stderr)
-        print(f"wrote GGUF file {args.out} ({args.outtype or 'f32'}, {Path(args.out).stat().st_size / 1e6:.1f} MB) "
-              f"for llama.cpp's gpt2 architecture with GPT-2's tokenizer")
-    elif args.model is not None:
-        model, _ = load_model(args.model)
-        files = save_hf(model, args.out)
-        print(f"wrote Hugging Face model folder {args.out}: {', '.join(file.name for file in files)}")
-    else:
-        check_output_file(args.out, "--out")
-        model = load_hf(args.from_hf)
-        save_checkpoint(args.out, model_checkpoint(model))
-        print(f"wrote checkpoint {args.out} ({model.num_parameters():,} parameters, config {model.config})")
+    # Refused before any work: an output that would overwrite an input (the same file, also through `..` or a
+    # link, a file inside the Hugging Face folder read, or a model folder holding the checkpoint).
+    if args.model is not None:
+        check_not_an_input(args.out, "--out", [args.model])
+        if args.format == "hf":
+            check_not_holding(args.out, args.model)
+    elif Path(args.from_hf).exists():  # else a hub repo id, read from the Hub's cache
+        check_not_an_input(args.out, "--out", [args.from_hf])
+
+    writes_folder = args.model is not None and args.format == "hf"
+    # A failed run leaves none of the folders it made for --out (the checks below make its parents).
+    with folders_removed_on_failure(Path(args.out) if writes_folder else Path(args.out).parent):
+        if args.model is not None and args.format == "gguf":
+            check_output_file(args.out, "--out")
+            model, _ = load_model(args.model)
+            save_gguf(model, args.out, args.outtype or "f32")
+            if model.config.activation == "gelu":
+                print(EXACT_GELU_WARNING, file=sys.stderr)
+            print(f"wrote GGUF file {args.out} ({args.outtype or 'f32'}, "
+                  f"{Path(args.out).stat().st_size / 1e6:.1f} MB) for llama.cpp's gpt2 architecture with GPT-2's "
+                  f"tokenizer")
+        elif args.model is not None:
+            check_output_folder(args.out)
+            model, _ = load_model(args.model)
+            files = save_hf(model, args.out)
+            print(f"wrote Hugging Face model folder {args.out}: {', '.join(file.name for file in files)}")
+        else:
+            check_output_file(args.out, "--out")
+            model = load_hf(args.from_hf)
+            save_checkpoint(args.out, model_checkpoint(model))
+            print(f"wrote checkpoint {args.out} ({model.num_parameters():,} parameters, config {model.config})")
+
+
+def check_not_holding(out_dir: str, checkpoint: str) -> None:
+    """Refuse a model folder `out_dir` that holds the checkpoint to export: the export writes its files there."""
+    folder, source = Path(out_dir).resolve(), Path(checkpoint).resolve()
+    if folder in source.parents:
+        raise UserError(f"--out {out_dir} holds the input {checkpoint}, which writing the model folder there could "
+                        "overwrite; choose another folder")
 
 
 if __name__ == "__main__":

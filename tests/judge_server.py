@@ -13,6 +13,10 @@ message (scripted_grades), so a test or a person can recompute every grade it ga
     server_error_once   HTTP 500, then valid
     slow_once           a reply after SLOW_SECONDS (longer than a test's client timeout), then valid
     fenced              a valid reply inside a ```json code fence, after an assessment
+    retry_after_nan_once, retry_after_negative_once
+                        HTTP 429 with Retry-After: nan (or -30), then valid
+and every name of RAW_REPLIES: a raw body served as given, always; most are not usable chat completions (not
+JSON, a JSON list, choices as a string, 2 MiB of "{", ...). A test may add its own to a server's raw_replies.
 Usage is reported as prompt tokens = words of all messages, completion tokens = words of the reply.
 """
 from __future__ import annotations
@@ -26,11 +30,61 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 SLOW_SECONDS = 1.5
 REFUSED_KEY = "refused-key"  # the key this server answers with HTTP 401
 SCENARIO = re.compile(r"\[judge-test:(\w+)\]")
+
+
+def chat_completion(content: Any, usage: Any = None) -> dict[str, Any]:
+    """An OpenAI chat completion holding `content` as the assistant's message."""
+    return {"id": "chatcmpl-raw", "object": "chat.completion", "created": 1700000000, "model": "scripted",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": usage}
+
+
+def _json(document: Any) -> bytes:
+    return json.dumps(document).encode("utf-8")
+
+
+def _trickle(body: bytes, seconds: float, chunks: int = 40) -> Iterator[bytes]:
+    """Spaces (which JSON allows before a value) a chunk every seconds/chunks, then `body`."""
+    for _ in range(chunks):
+        time.sleep(seconds / chunks)
+        yield b" "
+    yield body
+
+
+# (status, headers, body) for a scenario, from the valid grades (JSON text) the request would otherwise get. A header
+# "Content-Length": None leaves the length out: the body then ends when the connection closes (HTTP/1.0). A body
+# that is an iterator is sent a chunk at a time.
+RawReply = tuple[int, dict[str, Optional[str]], Union[bytes, Iterator[bytes]]]
+RAW_REPLIES: dict[str, Callable[[str], RawReply]] = {
+    "not_json": lambda grades: (200, {"Content-Type": "text/html"}, b"<html><body>502 Bad Gateway</body></html>"),
+    "json_list": lambda grades: (200, {}, _json([chat_completion(grades)])),
+    "json_string": lambda grades: (200, {}, _json(grades)),
+    "choices_string": lambda grades: (200, {}, _json({"choices": grades})),
+    "no_message": lambda grades: (200, {}, _json({"choices": [{"index": 0, "finish_reason": "stop"}]})),
+    "content_not_text": lambda grades: (200, {}, _json(chat_completion(json.loads(grades)))),
+    # Usable grades with unusable token counts: graded, the counts not counted.
+    "string_usage": lambda grades: (200, {}, _json(chat_completion(
+        f"Good.\n{grades}", {"prompt_tokens": "many", "completion_tokens": "12", "total_tokens": [1]}))),
+    "huge_number": lambda grades: (200, {}, _json(chat_completion(f"Good.\n{grades}")).replace(
+        b'"created": 1700000000', b'"created": 1' + b"0" * 5000)),
+    "deep_nesting": lambda grades: (200, {}, b'{"choices": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"),
+    "brace_flood": lambda grades: (200, {}, b"{" * (2 << 20)),  # 2 MiB, its length announced
+    "brace_flood_unsized": lambda grades: (200, {"Content-Length": None}, b"{" * (2 << 20)),
+    # A valid reply sent over 3 s, a space at a time: no read waits long, but the whole takes longer than a
+    # test's --judge_timeout (a timeout: retried).
+    "trickle": lambda grades: (200, {"Content-Length": None}, _trickle(_json(chat_completion(grades)), 3.0)),
+    # A body cut short: the connection closes 10 bytes into the 1,000 announced (a lost connection: retried).
+    "cut_short": lambda grades: (200, {"Content-Length": "1000"}, b'{"choices"'),
+    # A lone surrogate (JSON's "\ud800" escape, which UTF-8 cannot encode) in a valid reply: graded, the surrogate "?".
+    "lone_surrogate": lambda grades: (200, {}, _json(chat_completion(f"Good work\ud800.\n{grades}"))),
+    # 900 KiB of "{" as the message: under the size limit, so the grades parser meets it (twice: re-asked).
+    "brace_content": lambda grades: (200, {}, _json(chat_completion("{" * (900 << 10)))),
+}
 
 
 def scripted_grades(user_message: str) -> dict[str, Any]:
@@ -51,6 +105,7 @@ class JudgeServer(ThreadingHTTPServer):
         self.attempts: Counter = Counter()  # per grading conversation (its first user message)
         self.authorizations: set[str] = set()  # Authorization headers seen
         self.in_flight = self.max_in_flight = 0
+        self.raw_replies = dict(RAW_REPLIES)
 
     @property
     def base_url(self) -> str:
@@ -81,6 +136,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _send_raw(self, status: int, headers: dict[str, Optional[str]], body: Union[bytes, Iterator[bytes]]) -> None:
+        self.send_response(status)
+        if isinstance(body, bytes):
+            headers = {"Content-Length": str(len(body)), **headers}
+        for name, value in {"Content-Type": "application/json", **headers}.items():
+            if value is not None:
+                self.send_header(name, value)
+        self.end_headers()
+        try:
+            for chunk in [body] if isinstance(body, bytes) else body:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading (a body too large, or too slow, for it)
 
     def _error(self, status: int, message: str, headers: Optional[dict[str, str]] = None) -> None:
         self._send(status, {"error": {"message": message, "type": "scripted", "code": status}}, headers)
@@ -122,6 +192,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if scenario == "rate_limited_once" and attempt == 1:
             self._error(429, "scripted rate limit", {"Retry-After": "0"})
+            return
+        if scenario in ("retry_after_nan_once", "retry_after_negative_once") and attempt == 1:
+            self._error(429, "scripted rate limit", {"Retry-After": "nan" if "nan" in scenario else "-30"})
+            return
+        if scenario in self.server.raw_replies:
+            self._send_raw(*self.server.raw_replies[scenario](grades))
             return
         if scenario == "slow_once" and attempt == 1:
             time.sleep(SLOW_SECONDS)

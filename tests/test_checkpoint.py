@@ -1,10 +1,12 @@
 """Checkpoint files: round trip, weights_only loading, atomic writes, clear errors for bad files."""
+import contextlib
 import re
 import subprocess
 import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -14,6 +16,24 @@ from tinystories.checkpoint import load_checkpoint, load_model, model_checkpoint
 from tinystories.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def full_disk(tmp_path: Path, size: str = "1m") -> Iterator[Path]:
+    """A small tmpfs (1 MB) under tmp_path, which a tiny-preset model's files overflow (the test is skipped where
+    mounting one needs root); on leaving it, no file may be open on it."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)],
+                      capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield small
+    finally:
+        busy = subprocess.run(["umount", str(small)], capture_output=True).returncode != 0
+        if busy:  # a file still open on it: detach it anyway, so that no test leaves a mount behind
+            subprocess.run(["umount", "--lazy", str(small)], capture_output=True)
+    assert not busy, f"a file on {small} was left open"
 
 
 def test_round_trip_gives_identical_model(tmp_path):
@@ -127,3 +147,26 @@ def test_a_model_with_non_finite_weights_is_refused(tmp_path):
     save_checkpoint(path, model_checkpoint(model))
     with pytest.raises(UserError, match=r"blocks.0.mlp.fc.weight holds non-finite values \(NaN or infinity\)"):
         load_model(path)
+
+
+def test_a_full_disk_is_one_line_that_keeps_the_previous_checkpoint(tmp_path):
+    """torch.save reports a failed write as a RuntimeError ("unexpected pos ..."), which was a traceback."""
+    with full_disk(tmp_path) as small:
+        path = small / "model.pth"
+        save_checkpoint(path, model_checkpoint(Model(preset("nano"))))  # fits in 1 MB
+        previous = path.read_bytes()
+        with pytest.raises(UserError) as refused:
+            save_checkpoint(path, model_checkpoint(Model(preset("tiny"))))  # 13 MB
+        assert str(refused.value) == f"could not write {path}: No space left on device; the previous model.pth is kept"
+        assert path.read_bytes() == previous and sorted(small.iterdir()) == [path]
+        path.unlink()
+        with pytest.raises(UserError, match="No space left on device; it was not written$"):
+            save_checkpoint(path, model_checkpoint(Model(preset("tiny"))))
+        assert sorted(small.iterdir()) == []
+
+
+def test_a_torch_save_failure_that_is_not_a_write_error_is_raised_as_it_is(tmp_path):
+    with pytest.raises(Exception) as raised:  # a lambda cannot be pickled: our mistake, not the user's
+        save_checkpoint(tmp_path / "model.pth", {"model": {}, "config": {}, "hook": lambda: None})
+    assert not isinstance(raised.value, UserError)
+    assert sorted(tmp_path.iterdir()) == []

@@ -22,8 +22,23 @@ from tinystories.files import atomic_write
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
-    """Atomically write `checkpoint` (which must hold "model" and "config") with torch.save."""
-    atomic_write(path, lambda file: torch.save(checkpoint, file))
+    """Atomically write `checkpoint` (which must hold "model" and "config") with torch.save; a failed write (a
+    full disk) is atomic_write's one-line UserError, and nothing is left under `path`."""
+    atomic_write(path, lambda file: _torch_save(checkpoint, file))
+
+
+def _torch_save(checkpoint: dict[str, Any], file: Any) -> None:
+    """torch.save, raising the OSError of a failed write itself: torch's zip writer reports it as a RuntimeError
+    ("unexpected pos ...") raised while handling it."""
+    try:
+        torch.save(checkpoint, file)
+    except RuntimeError as error:
+        cause = error.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def model_checkpoint(model: Model, **extra: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from model.model import Model, preset
-from tests.scripts import run_script
+from tests.scripts import refusal, run_script
 from tinystories import files
 from tinystories.checkpoint import load_model, model_checkpoint, save_checkpoint
 from tinystories.data import DataConfig, load_tokens, prepare_data
@@ -288,3 +288,49 @@ def test_a_model_with_non_finite_outputs_is_a_one_line_error(setup, tmp_path, mo
         assert status == 2 and out == ""
         assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "non-finite" in err
         assert not (tmp_path / "report.json").exists()
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(setup, tmp_path, monkeypatch, capsys):
+    """--output equal to the checkpoint used to evaluate it, then write the report over it."""
+    checkpoint, data_dir = setup
+    model = tmp_path / "model.pth"
+    model.write_bytes(checkpoint.read_bytes())
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.json").symlink_to(model)
+    stories = tmp_path / "stories.txt"
+    stories.write_text("Tom had a red ball.\n<|endoftext|>\nLily saw a cat.\n")
+    (tmp_path / "stories.completions.txt").write_text("A dog ran.\n")
+    monkeypatch.setattr(evaluate_script, "stream_loss", lambda *args, **kwargs: pytest.fail("evaluated anyway"))
+    with_data_dir = ["--model", str(model), "--data_dir", str(data_dir)]
+    with_stories = ["--model", str(model), "--data_path", f"{stories},{tmp_path / 'stories.completions.txt'}"]
+    for args, output, message in [
+            (with_data_dir, model, f"is the input {model}"),
+            (with_data_dir, tmp_path / "sub" / ".." / "model.pth", f"is the input {model}"),
+            (with_data_dir, tmp_path / "link.json", f"is the input {model}"),  # a link to it
+            (with_data_dir, data_dir / "report.json", f"is inside the input {data_dir}"),
+            (with_stories, stories, f"is the input {stories}"),
+            (with_stories + ["--generate", "1"], tmp_path / "stories.json", "--output's completions file")]:
+        error = refusal(monkeypatch, capsys, evaluate_script, *args, "--output", str(output))
+        assert message in error and "which writing it would destroy" in error, error
+    assert model.read_bytes() == checkpoint.read_bytes() and (tmp_path / "link.json").is_symlink()
+    assert stories.read_text().startswith("Tom had") and (tmp_path / "stories.completions.txt").read_text() == \
+        "A dog ran.\n"
+    assert not (data_dir / "report.json").exists()
+
+
+def test_float16_says_a_weight_beyond_its_range_not_a_broken_checkpoint(setup, tmp_path, monkeypatch, capsys):
+    """A finite weight above 65,504 becomes infinite in float16: evaluate.py said the weights were broken and
+    to use an earlier checkpoint; it says now what generate.py says (the same check, Float16Linear's)."""
+    _, data_dir = setup
+    model = Model(preset("tiny", block_size=64))
+    with torch.no_grad():
+        model.blocks[0].mlp.fc.weight[0, 0] = 70_000.0
+    path = tmp_path / "big_weight.pth"
+    save_checkpoint(path, model_checkpoint(model))
+    common = ["--model", str(path), "--data_dir", str(data_dir), "--max_samples", "3",
+              "--output", str(tmp_path / "report.json")]
+    error = refusal(monkeypatch, capsys, evaluate_script, *common, "--precision", "float16")
+    assert error == "error: a weight exceeds float16's range (largest 65504); use --precision float32\n"
+    assert not (tmp_path / "report.json").exists()
+    status, _, err = run(monkeypatch, capsys, *common)  # float32 holds it: the checkpoint is fine
+    assert status == 0, err

@@ -16,16 +16,20 @@ import pytest
 import torch
 
 from model.model import Model, preset
+from tests.evaluation.test_evaluate_script import evaluate_script
 from tests.evaluation.test_evaluate_script import run as run_evaluate
 from tests.judge_server import REFUSED_KEY, JudgeServer, scripted_grades
+from tests.scripts import refusal
 from tinystories.checkpoint import model_checkpoint, save_checkpoint
 from tinystories.errors import UserError
 from tinystories.evaluation.judge import (
     CRITERIA,
+    MAX_REPLY_BYTES,
     PROMPT_VERSION,
     GradingCache,
     Judge,
     JudgeConfig,
+    cache_key,
     grade_all,
     grading_messages,
     judge_report,
@@ -91,6 +95,20 @@ def test_parse_grades_is_strict_but_tolerates_surrounding_text():
         assert parse_grades(f"Assessment. {json.dumps(bad)}") is None, bad
     assert parse_grades("I would give it a 7.") is None
     assert parse_grades('{"grammar": 7, "creativity": 5,') is None
+    assert parse_grades(f"Assessment. {json.dumps({**grades, 'age_group': ['C']})}") is None  # was a TypeError
+
+
+def test_parse_grades_takes_linear_time_on_hostile_replies():
+    """A reply of a million "{" took minutes (every "{" decoded, each error counting lines up to it); nested
+    objects were a RecursionError."""
+    grades = json.dumps({"grammar": 7, "creativity": 5, "consistency": 8, "plot": 6, "age_group": "C"})
+    started = time.monotonic()
+    assert parse_grades("{" * 2_000_000) is None
+    assert parse_grades('{"a": ' * 300_000) is None
+    assert parse_grades("{" * 500_000 + grades)[0]["grammar"] == 7
+    assert parse_grades("}{" * 500_000 + "1" * 5000 + grades)[0]["plot"] == 6
+    assert parse_grades('{"grammar": 1' + "0" * 5000 + "}") is None  # int() of it would raise ValueError
+    assert time.monotonic() - started < 10
 
 
 def test_t_quantiles_match_a_printed_table():
@@ -153,6 +171,73 @@ def test_scripted_replies_retries_and_the_report(server, secret_key, tmp_path, c
     assert_secret_nowhere(tmp_path, *capsys.readouterr())
 
 
+# Each raw reply of tests/judge_server.py: (graded, requests with judge_retries=2, words of the reason).
+UNUSABLE = {
+    "not_json": (False, 1, "(not JSON)"),
+    "json_list": (False, 1, "(a JSON list, not an object)"),
+    "json_string": (False, 1, "(a JSON string, not an object)"),
+    "choices_string": (False, 1, "(no list of choices)"),
+    "no_message": (False, 1, "(no message in its first choice)"),
+    "content_not_text": (False, 1, "(its message's content is not text but a JSON object)"),
+    "huge_number": (False, 1, "(a number of 5,001 digits)"),
+    "deep_nesting": (False, 1, "(JSON nested too deeply)"),
+    "brace_flood": (False, 1, f"(larger than {MAX_REPLY_BYTES:,} bytes)"),
+    "brace_flood_unsized": (False, 1, f"(larger than {MAX_REPLY_BYTES:,} bytes)"),
+    "brace_content": (False, 2, "no valid grades in the reply, twice"),
+    "cut_short": (False, 3, "connection failed after 3 request(s)"),
+    "trickle": (False, 3, "timeout after 3 request(s)"),
+    "string_usage": (True, 1, ""),
+    "lone_surrogate": (True, 1, ""),
+    "retry_after_nan_once": (True, 2, ""),
+    "retry_after_negative_once": (True, 2, ""),
+}
+
+
+def test_replies_the_judge_cannot_use_leave_their_items_ungraded_with_the_reason(server, secret_key, tmp_path):
+    """Each of these was a traceback (or, for a message of 900 KiB of "{", minutes of parsing): now the item
+    is ungraded and says why, as for an HTTP error, and the other items are graded."""
+    scenarios = list(UNUSABLE) + ["valid"]
+    items = [(f"[judge-test:{scenario}] Once upon a time, a {scenario} dog", " ran home.") for scenario in scenarios]
+    cache_path = tmp_path / "cache.jsonl"
+    started = time.monotonic()
+    gradings = grade_all(judge_for(server), items, GradingCache(str(cache_path)))
+    assert time.monotonic() - started < 20
+    for scenario, grading in zip(scenarios, gradings):
+        graded, requests, reason = UNUSABLE.get(scenario, (True, 1, ""))
+        assert grading.requests == requests, (scenario, grading)
+        if graded:
+            assert grading.grades == expected_grades(grading.beginning, grading.completion), scenario
+            assert grading.reason == ""
+        else:
+            assert grading.grades is None, scenario
+            assert reason in grading.reason, grading
+            if requests == 1:  # not asked again: it would not help
+                assert grading.reason.startswith("a reply that is not a chat completion (")
+                assert grading.reason.endswith("after 1 request(s)")
+    by_name = dict(zip(scenarios, gradings))
+    assert (by_name["string_usage"].prompt_tokens, by_name["string_usage"].completion_tokens) == (0, 0)
+    assert by_name["lone_surrogate"].assessment == "Good work?."
+    assert by_name["valid"].prompt_tokens > 0
+    report = judge_report(judge_for(server), gradings)
+    assert report["graded"] == 5 and report["ungraded"] == 13 and report["items"] == 18
+    # What was graded went to the cache (the lone surrogate written as "?"), and reads back whole.
+    again = GradingCache(str(cache_path))
+    assert len(again.entries) == 5 and again.ignored == 0
+    key = cache_key("scripted-judge", *items[scenarios.index("lone_surrogate")])
+    assert again.get(key)["assessment"] == "Good work?."
+
+
+def test_retry_after_that_is_not_a_number_of_seconds_uses_the_backoff(server, secret_key, tmp_path):
+    """Retry-After nan and -30 crashed time.sleep; now the backoff (here 0.3 s) applies instead."""
+    items = [(f"[judge-test:retry_after_{kind}_once] A bird {kind}", " flew.") for kind in ("nan", "negative")]
+    started = time.monotonic()
+    gradings = grade_all(judge_for(server, judge_backoff=0.3, judge_concurrency=1), items,
+                         GradingCache(str(tmp_path / "c.jsonl")))
+    elapsed = time.monotonic() - started
+    assert [g.requests for g in gradings] == [2, 2] and all(g.grades is not None for g in gradings)
+    assert 0.6 <= elapsed < 10  # two backoffs of 0.3 s, no Retry-After of 60 s or a crash
+
+
 def test_a_second_run_makes_no_requests_and_the_cache_key_has_the_model(server, secret_key, tmp_path):
     items = [(f"Lily went to the park {n}", " and played.") for n in range(5)]
     cache_path = str(tmp_path / "cache.jsonl")
@@ -164,11 +249,55 @@ def test_a_second_run_makes_no_requests_and_the_cache_key_has_the_model(server, 
     assert server.requests == 10  # another judge's grades are not reused
 
 
+def test_cache_entries_are_checked_as_strictly_as_replies(server, secret_key, tmp_path, capsys):
+    """An entry without grades, with grades as a string, string token counts or a lone surrogate was a
+    traceback; grades out of range (grammar 53) were averaged into the report. Each is now graded again."""
+    items = [(f"A fox number {n} hid", " in the woods.") for n in range(10)]
+    good = {"grammar": 3, "creativity": 4, "consistency": 5, "plot": 6, "age_group": "B"}
+    bad_entries = [
+        {},  # no grades
+        {"grades": "grammar 7"},
+        {"grades": {**good, "grammar": 53}},
+        {"grades": {**good, "age_group": ["B"]}},
+        {"grades": good, "prompt_tokens": "12"},
+        {"grades": good, "completion_tokens": -3},
+        {"grades": good, "assessment": 7},
+    ]
+    lines = [json.dumps({"key": cache_key("scripted-judge", *item), "assessment": "cached", **entry}).encode()
+             for item, entry in zip(items, bad_entries)]
+    lines.append(json.dumps({"key": cache_key("scripted-judge", *items[7]), "grades": good,
+                             "assessment": "lone \ud800 surrogate"}).encode())  # the JSON escape, as text
+    lines.append(json.dumps({"key": cache_key("scripted-judge", *items[8]), "grades": good,
+                             "assessment": "caf\u00e9"}).encode().replace(b"\\u00e9", b"\xe9"))  # not UTF-8
+    lines.append(json.dumps({"key": cache_key("scripted-judge", *items[9]), "grades": good, "assessment": "ok",
+                             "prompt_tokens": 11, "completion_tokens": 5}).encode())
+    cache_path = tmp_path / "cache.jsonl"
+    # The last line cut short by a crash (no newline): what is appended after it must not be glued to it.
+    cache_path.write_bytes(b"\n".join(lines) + b'\n{"key": "cut sh')
+    cache = GradingCache(str(cache_path))
+    assert cache.ignored == 10 and len(cache.entries) == 1
+    assert "note: 10 line(s) of --judge_cache" in capsys.readouterr().err
+
+    gradings = grade_all(judge_for(server), items, cache)
+    assert server.requests == 9  # all but the valid entry
+    for n, (item, grading) in enumerate(zip(items, gradings)):
+        assert grading.grades == (good if n == 9 else expected_grades(*item)), n
+    assert gradings[9].requests == 0 and (gradings[9].prompt_tokens, gradings[9].completion_tokens) == (11, 5)
+    report = judge_report(judge_for(server), gradings)
+    assert report["criteria"]["grammar"]["mean"] == pytest.approx(
+        statistics.mean(g.grades["grammar"] for g in gradings)) and report["criteria"]["grammar"]["mean"] <= 10
+    assert report["from_cache"] == 1 and report["graded"] == 10
+    # Every new grading was appended on a line of its own: all ten read back, the cut line alone is ignored.
+    reread = GradingCache(str(cache_path))
+    assert len(reread.entries) == 10 and reread.ignored == 10
+    assert [reread.get(cache_key("scripted-judge", *item))["grades"] for item in items] == [g.grades for g in gradings]
+
+
 def test_concurrency_is_limited(secret_key, tmp_path):
-    slow = JudgeServer(delay=0.2).start()
+    slow = JudgeServer(delay=0.5).start()  # long enough that three requests overlap on a busy machine too
     try:
         items = [(f"Story {n} begins", " and ends.") for n in range(9)]
-        grade_all(judge_for(slow, judge_concurrency=3), items, GradingCache(str(tmp_path / "c.jsonl")))
+        grade_all(judge_for(slow, judge_concurrency=3, judge_timeout=10), items, GradingCache(str(tmp_path / "c.jsonl")))
         assert slow.requests == 9 and slow.max_in_flight == 3
     finally:
         slow.shutdown()
@@ -264,6 +393,11 @@ def test_ctrl_c_keeps_the_gradings_and_a_rerun_asks_only_the_rest(checkpoint, tm
 @pytest.mark.parametrize("args, message", [
     (["--judge_concurrency", "0"], "--judge_concurrency"),
     (["--judge_base_url", "localhost:8000"], "--judge_base_url"),
+    (["--judge_base_url", "http://"], "with a host"),  # was accepted: nothing graded, exit 0
+    (["--judge_base_url", "https:///v1"], "with a host"),
+    (["--judge_base_url", "http://:8000/v1"], "with a host"),
+    (["--judge_base_url", "http://127.0.0.1:port/v1"], "with a host"),
+    (["--judge_base_url", "ftp://127.0.0.1/v1"], "--judge_base_url"),
     (["--judge_prompts", "missing.txt"], "not found"),
 ])
 def test_bad_judge_arguments_are_one_line_errors(checkpoint, synthetic_data_dir, secret_key, tmp_path, monkeypatch,
@@ -272,6 +406,44 @@ def test_bad_judge_arguments_are_one_line_errors(checkpoint, synthetic_data_dir,
                                     str(synthetic_data_dir), "--judge", "j", "--output", str(tmp_path / "r.json"),
                                     *args)
     assert status == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_an_unwritable_judge_cache_is_refused_before_any_work(server, secret_key, checkpoint, synthetic_data_dir,
+                                                               read_only_folder, tmp_path, monkeypatch, capsys):
+    """Used to be a traceback at the first grading, after the completions were made."""
+    monkeypatch.setattr(evaluate_script, "stream_loss", lambda *args, **kwargs: pytest.fail("evaluated anyway"))
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "a_folder").mkdir()
+    for cache, message in [(tmp_path / "a_file" / "cache.jsonl", "a_file is a file, not a folder"),
+                           (read_only_folder / "cache.jsonl", "cannot write in the output folder"),
+                           (tmp_path / "a_folder", "exists and is not a file")]:
+        error = refusal(monkeypatch, capsys, evaluate_script, "--model", str(checkpoint), "--data_dir",
+                        str(synthetic_data_dir), "--judge", "scripted-judge", "--judge_base_url", server.base_url,
+                        "--judge_cache", str(cache), "--output", str(tmp_path / "report.json"))
+        assert error.startswith(f"error: --judge_cache {cache}") and message in error, error
+    assert server.requests == 0 and not (tmp_path / "report.json").exists()
+
+
+def test_a_judge_cache_that_is_an_input_is_refused(server, secret_key, checkpoint, synthetic_data_dir, tmp_path,
+                                                   monkeypatch, capsys):
+    """Gradings appended to the checkpoint (or to --judge_prompts) would corrupt it; the report written over the
+    cache would lose every grading."""
+    model = tmp_path / "model.pth"
+    model.write_bytes(checkpoint.read_bytes())
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\n")
+    common = ["--model", str(model), "--data_dir", str(synthetic_data_dir), "--judge", "scripted-judge",
+              "--judge_base_url", server.base_url, "--judge_prompts", str(prompts)]
+    for cache, output, message in [
+            (model, tmp_path / "r.json", f"--judge_cache {model} is the input {model}"),
+            (prompts, tmp_path / "r.json", f"--judge_cache {prompts} is the input {prompts}"),
+            (tmp_path / "r.json", tmp_path / "r.json", f"--output {tmp_path / 'r.json'} is the input"),
+            (tmp_path / "r.judged.jsonl", tmp_path / "r.json", "--output's gradings file")]:
+        error = refusal(monkeypatch, capsys, evaluate_script, *common, "--judge_cache", str(cache),
+                        "--output", str(output))
+        assert message in error, error
+    assert model.read_bytes() == checkpoint.read_bytes() and prompts.read_text() == "Once upon a time\n"
+    assert server.requests == 0 and not (tmp_path / "r.json").exists()
 
 
 def test_a_judge_pointed_at_serve_py_leaves_every_item_ungraded(checkpoint, synthetic_data_dir, secret_key, tmp_path,

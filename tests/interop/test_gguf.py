@@ -20,6 +20,8 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="pip install -r requirements
 
 from model.model import Model, preset  # noqa: E402
 from tests.generation.reference import engine_decode  # noqa: E402
+from tests.scripts import refusal  # noqa: E402
+from tests.test_checkpoint import full_disk  # noqa: E402
 from tinystories.errors import UserError  # noqa: E402
 from tinystories.generation.decoders import decoding_model  # noqa: E402
 from tinystories.interop import llama_cpp as llama_cpp_runner  # noqa: E402
@@ -334,3 +336,24 @@ def test_the_library_refuses_bad_requests_with_the_flags_words(tmp_path):
             call()
         assert str(refused.value) == message
     assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", ["1m", "5m"])
+def test_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys, size):
+    """1 MB fills up in the metadata (the tokenizer), 5 MB in the tensors, where a progress bar ran into the
+    error line."""
+    import export as export_script
+
+    model = Model(preset("tiny", dropout=0.0, activation="gelu_new"))
+    checkpoint = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict(), "config": asdict(model.config)}, checkpoint)
+    with full_disk(tmp_path, size) as small:
+        out = small / "model.gguf"
+        with pytest.raises(UserError) as refused:
+            save_gguf(model, out)
+        assert str(refused.value) == f"could not write {out}: No space left on device; it was not written"
+        assert sorted(small.iterdir()) == []
+        message = refusal(monkeypatch, capsys, export_script, "--model", str(checkpoint), "--format", "gguf",
+                          "--out", str(out))
+        assert message == f"error: could not write {out}: No space left on device; it was not written\n"
+        assert sorted(small.iterdir()) == []

@@ -1,9 +1,12 @@
 """tinystories.interop.hf and export.py: our Model and transformers' GPT2LMHeadModel compute the same function."""
 import json
+import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -15,6 +18,7 @@ import transformers
 import tinystories.interop.hf
 from model.model import Model, preset
 from tests.scripts import refusal
+from tests.test_checkpoint import _Payload, full_disk
 from tinystories.errors import UserError
 from tinystories.interop.hf import from_hf, load_hf, save_hf, to_hf
 
@@ -396,20 +400,197 @@ def test_save_hf_writes_the_readmes_files_and_gpt2s_original_tokenizer_files(tmp
     assert transformers.AutoTokenizer.from_pretrained(folder).model_max_length == model.config.block_size
 
 
-def test_a_full_disk_while_writing_the_folder_is_one_line(tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    try:
+def test_a_full_disk_while_writing_the_folder_is_one_line_and_leaves_nothing(tmp_path):
+    """The folder is written beside its target and renamed into place: config.json alone was left before."""
+    with full_disk(tmp_path) as small:
         with pytest.raises(UserError) as refused:
-            save_hf(random_model(), small / "hf_model")
-    finally:
-        subprocess.run(["umount", str(small)], capture_output=True)
+            save_hf(random_model(), small / "new" / "hf_model")
+        assert sorted(small.iterdir()) == []  # no partial folder, no temporary one, not even the parent made
+        existing = small / "existing"
+        existing.mkdir()
+        (existing / "config.json").write_text("previous")
+        (existing / "notes.txt").write_text("mine")
+        with pytest.raises(UserError) as refused_again:
+            save_hf(random_model(), existing)
+        assert sorted(path.name for path in existing.iterdir()) == ["config.json", "notes.txt"]
+        assert (existing / "config.json").read_text() == "previous"
     message = str(refused.value)  # safetensors words it "... I/O error: No space left on device (os error 28)"
-    assert message.startswith(f"could not write the model folder {small / 'hf_model'}: ") and "\n" not in message
-    assert "No space left on device" in message
-    assert message.endswith("; the files in it are incomplete (the checkpoint is unchanged)")
+    assert message.startswith(f"could not write the model folder {small / 'new' / 'hf_model'}: ")
+    assert "\n" not in message and "No space left on device" in message
+    assert message.endswith("; nothing was written (the checkpoint is unchanged)")
+    assert str(refused_again.value).endswith(f"; the previous files in {existing} are kept (the checkpoint is "
+                                             "unchanged)")
+
+
+@pytest.mark.parametrize("direction", ["--model", "--from_hf"])
+def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(exported, tmp_path, monkeypatch, capsys, direction):
+    """--from_hf was torch.save's traceback; --model left config.json and a progress bar's lines on stderr."""
+    _, checkpoint, hf_folder = exported
+    with full_disk(tmp_path) as small:
+        source, out = (checkpoint, small / "hf_model") if direction == "--model" else (hf_folder, small / "model.pth")
+        message = refused_export(monkeypatch, capsys, direction, str(source), "--out", str(out))
+        assert "No space left on device" in message
+        assert sorted(small.iterdir()) == []
+
+
+def test_an_existing_folder_gets_the_export_and_keeps_its_other_files(exported, tmp_path):
+    model, _, hf_folder = exported
+    folder = tmp_path / "hf_model"
+    folder.mkdir()
+    (folder / "README.md").write_text("my notes")
+    (folder / "config.json").write_text("stale")
+    written = save_hf(model, folder)
+    assert [path.name for path in written] == sorted(path.name for path in hf_folder.iterdir())
+    assert all(path.read_bytes() == (hf_folder / path.name).read_bytes() for path in written)
+    assert (folder / "README.md").read_text() == "my notes"
+    assert sorted(path.name for path in folder.iterdir()) == sorted([path.name for path in written] + ["README.md"])
+
+
+def test_the_folder_and_its_files_have_ordinary_permissions(exported):
+    """mkdtemp's folder and transformers' model.safetensors are owner-only; others could not read the export."""
+    umask = os.umask(0)
+    os.umask(umask)
+    hf_folder = exported[2]
+    assert hf_folder.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert {path.name: path.stat().st_mode & 0o777 for path in hf_folder.iterdir()} == {
+        path.name: 0o666 & ~umask for path in hf_folder.iterdir()}
+
+
+def copy_of(path: Path, destination: Path) -> Path:
+    if path.is_dir():
+        shutil.copytree(path, destination)
+    else:
+        shutil.copyfile(path, destination)
+    return destination
+
+
+def contents(path: Path) -> dict[str, bytes]:
+    """The bytes of a file, or of every file in a folder, by name."""
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return {str(file.relative_to(path.parent)): file.read_bytes() for file in files if file.is_file()}
+
+
+OUTPUTS_THAT_ARE_INPUTS = {  # (the input to copy: "checkpoint" or "hf folder", arguments), in a folder of copies
+    "gguf over the checkpoint": ("checkpoint", ["--model", "u.pth", "--format", "gguf", "--out", "u.pth"]),
+    "gguf over it through ..": ("checkpoint", ["--model", "u.pth", "--format", "gguf", "--out", "sub/../u.pth"]),
+    "gguf over it through a link": ("checkpoint", ["--model", "link.pth", "--format", "gguf", "--out", "u.pth"]),
+    "hf over the checkpoint": ("checkpoint", ["--model", "u.pth", "--out", "u.pth"]),
+    "hf into the checkpoint's folder": ("checkpoint", ["--model", "sub/u.pth", "--out", "sub"]),
+    "hf into it through ..": ("checkpoint", ["--model", "sub/u.pth", "--out", "sub/../sub/"]),
+    "hf into it through a link": ("checkpoint", ["--model", "sub/u.pth", "--out", "linked_sub"]),
+    "pth into the hf folder": ("hf folder", ["--from_hf", "hf", "--out", "hf/model.safetensors"]),
+    "pth into it through ..": ("hf folder", ["--from_hf", "hf", "--out", "sub/../hf/model.safetensors"]),
+    "pth into it through a link": ("hf folder", ["--from_hf", "linked_hf", "--out", "hf/model.safetensors"]),
+    "pth over the hf folder": ("hf folder", ["--from_hf", "hf", "--out", "hf"]),
+}
+
+
+@pytest.mark.parametrize("source, args", OUTPUTS_THAT_ARE_INPUTS.values(), ids=OUTPUTS_THAT_ARE_INPUTS.keys())
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(exported, tmp_path, monkeypatch, capsys, source,
+                                                                   args):
+    """Writing the output used to delete or overwrite the input, with exit status 0."""
+    _, checkpoint, hf_folder = exported
+    (tmp_path / "sub").mkdir()
+    copy_of(checkpoint, tmp_path / "u.pth")
+    copy_of(checkpoint, tmp_path / "sub" / "u.pth")
+    copy_of(hf_folder, tmp_path / "hf")
+    (tmp_path / "link.pth").symlink_to(tmp_path / "u.pth")
+    (tmp_path / "linked_sub").symlink_to(tmp_path / "sub", target_is_directory=True)
+    (tmp_path / "linked_hf").symlink_to(tmp_path / "hf", target_is_directory=True)
+    before = {**contents(tmp_path / "u.pth"), **contents(tmp_path / "sub"), **contents(tmp_path / "hf")}
+    monkeypatch.chdir(tmp_path)
+    message = refused_export(monkeypatch, capsys, *args)
+    assert " the input " in message and "choose another" in message
+    assert {**contents(tmp_path / "u.pth"), **contents(tmp_path / "sub"), **contents(tmp_path / "hf")} == before
+
+
+def test_an_output_beside_the_input_is_written(exported, tmp_path, monkeypatch, capsys):
+    """Not every shared folder is refused: a checkpoint beside the HF folder it came from, a folder beside the
+    checkpoint."""
+    import export as export_script
+    from tests.scripts import run_script
+
+    _, checkpoint, hf_folder = exported
+    copy_of(hf_folder, tmp_path / "hf")
+    copy_of(checkpoint, tmp_path / "u.pth")
+    for args in (["--from_hf", str(tmp_path / "hf"), "--out", str(tmp_path / "hf.pth")],
+                 ["--model", str(tmp_path / "u.pth"), "--out", str(tmp_path / "hf_beside")]):
+        status, _, stderr = run_script(monkeypatch, capsys, export_script, *args)
+        assert status == 0, stderr
+    assert (tmp_path / "hf.pth").is_file() and (tmp_path / "hf_beside" / "model.safetensors").is_file()
+
+
+def limited_run(*command: str, memory_gb: int = 8) -> tuple[subprocess.CompletedProcess, float]:
+    """A script run with its address space limited, so that a model built too big fails at once instead of
+    exhausting this machine's memory; (result, seconds)."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_gb << 30, memory_gb << 30))
+
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            preexec_fn=limit)
+    return result, time.monotonic() - start
+
+
+def test_a_llama_config_over_gpt2_weights_is_refused_before_a_model_is_built(exported, tmp_path):
+    """AutoModelForCausalLM built a 6.7-billion-parameter Llama from its defaults first: killed for memory."""
+    folder = edited_config(exported[2], tmp_path / "llama", model_type="llama")
+    result, seconds = limited_run("generate.py", "--model", str(folder), "--prompt", "Once")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"error: {folder}: config.json describes a 'llama' model of 6,682,124,288 parameters, "
+                             "far more than its 13.3 MB of weights hold; check its model_type and sizes\n")
+    assert seconds < 60
+
+
+def test_a_gpt2_config_far_larger_than_its_weights_is_refused_before_a_model_is_built(exported, tmp_path):
+    folder = edited_config(exported[2], tmp_path / "deep", n_layer=1000)  # 1,000 layers of 50,000 parameters
+    result, _ = limited_run("export.py", "--from_hf", str(folder), "--out", str(tmp_path / "model.pth"),
+                            memory_gb=4)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {folder}: config.json describes a 'gpt2' model of ")
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "model.pth").exists()
+
+
+def test_an_unknown_model_type_is_named_in_one_short_line(exported, tmp_path):
+    from tinystories.interop.hf import load_causal_lm
+
+    folder = edited_config(exported[2], tmp_path / "unknown", model_type="no_such_type")
+    with pytest.raises(UserError) as refused:
+        load_causal_lm(str(folder))
+    assert str(refused.value) == (f"{folder}: transformers {transformers.__version__} does not know the model_type "
+                                  "'no_such_type' of its config.json")
+
+
+def pickled_folder(hf_folder: Path, destination: Path, extra: dict) -> Path:
+    """The folder with its weights as a pickled pytorch_model.bin (no safetensors), plus `extra` entries."""
+    shutil.copytree(hf_folder, destination)
+    state = transformers.GPT2LMHeadModel.from_pretrained(hf_folder).state_dict()
+    (destination / "model.safetensors").unlink()
+    # Protocol 4 (which torch's safe loader may not read) makes torch warn before its error.
+    torch.save({**state, **extra}, destination / "pytorch_model.bin", pickle_protocol=4 if extra else 2)
+    return destination
+
+
+def test_a_pickled_pytorch_model_bin_of_tensors_loads(exported, tmp_path):
+    model, _, hf_folder = exported
+    loaded = load_hf(str(pickled_folder(hf_folder, tmp_path / "pickled", {})))
+    assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in model.state_dict().items())
+
+
+@pytest.mark.parametrize("script", ["export.py", "generate.py"])
+def test_a_pickle_with_code_is_one_line_without_torch_warnings_or_advice(exported, tmp_path, script):
+    """torch printed two lines of UserWarning, then the error advised loading it with weights_only=False, which
+    would run the file's code."""
+    marker = tmp_path / "code_ran"
+    folder = pickled_folder(exported[2], tmp_path / "evil", {"extra": _Payload(marker)})
+    args = ["--from_hf", str(folder), "--out", str(tmp_path / "model.pth")] if script == "export.py" else \
+        ["--model", str(folder), "--prompt", "Once"]
+    result, _ = limited_run(script, *args)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {folder}: weights could not be loaded: its pickled weights (pytorch_model.bin) "
+                             "hold something other than tensors and plain values, which are never loaded, for "
+                             "safety\n")
+    assert "weights_only" not in result.stderr and not marker.exists()
 
 
 def test_gpt2_config_names_end_of_text_only_within_the_vocabulary():

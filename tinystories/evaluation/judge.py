@@ -5,7 +5,9 @@ guess of the pupil's age group.
 The judge is any OpenAI-compatible chat-completions endpoint, through the official `openai` client; the key
 comes from the environment variable OPENAI_API_KEY only. Gradings are cached on disk, keyed by (judge model,
 prompt version, beginning, completion), so a repeated or interrupted run asks only what is not graded yet.
-A reply without a valid grades object is asked again once, then counted as ungraded: never guessed.
+A reply without a valid grades object is asked again once, then counted as ungraded: never guessed. A reply that
+is not a usable chat completion (not JSON, another shape, larger than MAX_REPLY_BYTES) leaves its item ungraded
+with the reason, as an HTTP error does; cached gradings are checked as strictly as the judge's replies.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from typing import Any, Iterator, Optional
 from tqdm import tqdm
 
 from tinystories.errors import UserError
+from tinystories.files import check_output_file
 
 # The grading conversation. Change any text below and bump PROMPT_VERSION: cached gradings and reports name it.
 PROMPT_VERSION = "tinystories-judge-v1"
@@ -57,6 +60,22 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 KEY_VARIABLE = "OPENAI_API_KEY"
 # What a local server (vLLM, llama.cpp, Ollama) is sent when OPENAI_API_KEY is unset: they ignore it.
 NO_KEY = "no-key"
+# The most bytes of a reply that are read (or 64 per --judge_max_tokens token, when that is more): a grading is
+# a few kilobytes, so a larger body is not one, and reading or parsing it could take any time or memory.
+MAX_REPLY_BYTES = 1 << 20
+# The most digits of a number in a reply or a cache line: token counts have a few; Python's int() of a number
+# of a million digits takes seconds (and beyond 4,300 raises ValueError).
+MAX_DIGITS = 30
+
+
+def _usable_url(url: str) -> bool:
+    """http or https, a host, and a port from 1 to 65535 if one is given ("http://" has no host)."""
+    parsed = urllib.parse.urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError:  # not a number, or out of range
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.hostname) and port != 0
 
 
 @dataclass
@@ -92,8 +111,9 @@ class JudgeConfig:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.judge is not None and not self.judge.strip():
             raise UserError("--judge is empty; give the judge model's name")
-        if urllib.parse.urlparse(self.judge_base_url).scheme not in ("http", "https"):
-            raise UserError(f"--judge_base_url must be an http:// or https:// URL, got {self.judge_base_url!r}")
+        if not _usable_url(self.judge_base_url):
+            raise UserError(f"--judge_base_url must be an http:// or https:// URL with a host (such as "
+                            f"http://127.0.0.1:8000/v1), got {self.judge_base_url!r}")
 
 
 # --- the grading conversation --------------------------------------------------------------------------------------
@@ -115,24 +135,44 @@ def _valid_grades(candidate: Any) -> Optional[dict[str, Any]]:
         if type(score) is not int or not 1 <= score <= 10:
             return None
         grades[criterion] = score
-    if candidate.get("age_group") not in AGE_GROUPS:
+    age_group = candidate.get("age_group")
+    if not isinstance(age_group, str) or age_group not in AGE_GROUPS:
         return None
-    grades["age_group"] = candidate["age_group"]
+    grades["age_group"] = age_group
     return grades
+
+
+class _LongNumber(ValueError):
+    pass
+
+
+def _short_int(digits: str) -> int:
+    if len(digits) > MAX_DIGITS:
+        raise _LongNumber(f"a number of {len(digits):,} digits")
+    return int(digits)
+
+
+def _load_json(text: str) -> Any:
+    """json.loads refusing numbers of more than MAX_DIGITS digits (ValueError); RecursionError when too deep."""
+    return json.loads(text, parse_int=_short_int)
+
+
+# A grades object is flat (numbers and a letter): candidates are the brace pairs with no brace inside, found in
+# one pass. Decoding from every "{" instead took minutes on a reply of a million of them.
+_FLAT_OBJECT = re.compile(r"\{[^{}]*\}")
 
 
 def parse_grades(reply: str) -> Optional[tuple[dict[str, Any], str]]:
     """(grades, the assessment before them) from a judge's reply, or None when it holds no valid grades object.
 
-    The last JSON object in the reply that has every criterion as a whole number from 1 to 10 and an age group
-    letter counts; text around it (an assessment, a code fence) is tolerated.
+    The last flat JSON object in the reply (no object inside it) that has every criterion as a whole number from
+    1 to 10 and an age group letter counts; text around it (an assessment, a code fence) is tolerated.
     """
-    decoder = json.JSONDecoder()
     found = None
-    for match in re.finditer(r"\{", reply):
+    for match in _FLAT_OBJECT.finditer(reply):
         try:
-            candidate, _ = decoder.raw_decode(reply, match.start())
-        except json.JSONDecodeError:
+            candidate = _load_json(match.group())
+        except (ValueError, RecursionError):
             continue
         grades = _valid_grades(candidate)
         if grades is not None:
@@ -149,33 +189,106 @@ def cache_key(judge_model: str, beginning: str, completion: str) -> str:
     return hashlib.sha256(json.dumps([judge_model, PROMPT_VERSION, beginning, completion]).encode("utf-8")).hexdigest()
 
 
+def _is_text(value: Any) -> bool:
+    """A str that UTF-8 can encode (JSON's "\\ud800" escapes decode to lone surrogates, which it cannot)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def cache_entry(line: bytes) -> Optional[dict[str, Any]]:
+    """The grading of one cache line, checked as strictly as a judge's reply: a key, grades that parse_grades
+    would accept, an assessment that is text, token counts that are whole numbers; None for anything else."""
+    try:
+        entry = _load_json(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+        return None
+    grades = _valid_grades(entry.get("grades"))
+    assessment = entry.get("assessment", "")
+    tokens = [entry.get("prompt_tokens", 0), entry.get("completion_tokens", 0)]
+    if grades is None or not _is_text(assessment) or not all(_is_count(count) for count in tokens):
+        return None
+    return {**entry, "grades": grades, "assessment": assessment, "prompt_tokens": tokens[0],
+            "completion_tokens": tokens[1]}
+
+
+def check_cache_path(path: str) -> None:
+    """Refuse, before any work, a --judge_cache that cannot be appended to: a folder, a path under a file, a
+    folder that takes no new files, a file that cannot be opened for appending."""
+    file = Path(path)
+    if file.exists() and not file.is_file():
+        raise UserError(f"--judge_cache {path} exists and is not a file")
+    try:
+        check_output_file(file, "--judge_cache")
+    except UserError as error:
+        raise UserError(f"--judge_cache {path} cannot be written: {error}") from None
+    if file.is_file():
+        try:
+            with open(file, "ab"):  # what add() does; nothing is written now
+                pass
+        except OSError as error:
+            raise UserError(f"--judge_cache {path} cannot be written: {error.strerror or error}") from None
+
+
 class GradingCache:
     """Gradings on disk, one JSON line each, appended (and fsynced) as they arrive, so Ctrl-C or a crash keeps
-    every grading finished before it. Only gradings are kept: an ungraded item is asked again next time."""
+    every grading finished before it. Only gradings are kept: an ungraded item is asked again next time, and so
+    is one whose line is not a valid grading (cut short by a crash, or edited).
+
+    The file is checked to be writable here, before the first request, not after the work."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.entries: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    entry = json.loads(line)
-                    self.entries[entry["key"]] = entry
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line cut short by a crash: that grading is simply asked again
-        elif self.path.exists():
-            raise UserError(f"--judge_cache {path} exists and is not a file")
+        self.ignored = 0  # lines that are not valid gradings
+        self._ends_with_newline = True
+        check_cache_path(path)
+        if not self.path.is_file():
+            return
+        try:
+            data = self.path.read_bytes()
+        except OSError as error:
+            raise UserError(f"--judge_cache {path} cannot be read: {error.strerror or error}") from None
+        self._ends_with_newline = not data or data.endswith(b"\n")
+        for line in data.split(b"\n"):
+            if not line.strip():
+                continue
+            entry = cache_entry(line)
+            if entry is None:
+                self.ignored += 1
+            else:
+                self.entries[entry["key"]] = entry
+        if self.ignored:
+            print(f"note: {self.ignored:,} line(s) of --judge_cache {path} are not valid gradings (cut short by a "
+                  f"crash, or edited); their items are graded again", file=sys.stderr)
 
     def get(self, key: str) -> Optional[dict[str, Any]]:
         return self.entries.get(key)
 
     def add(self, entry: dict[str, Any]) -> None:
+        # A line cut short by a crash has no newline: the new line starts after one, so it is not glued to it.
+        text = ("" if self._ends_with_newline else "\n") + json.dumps(entry, ensure_ascii=False) + "\n"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as file:
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:
+            raise UserError(f"could not write --judge_cache {self.path}: {error.strerror or error}; the "
+                            f"gradings already in it are kept") from None
+        self._ends_with_newline = True
         self.entries[entry["key"]] = entry
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
 
 
 # --- asking the judge ----------------------------------------------------------------------------------------------
@@ -217,10 +330,64 @@ def _server_message(error: Any) -> str:
 
 
 def _retry_after(error: Any) -> Optional[float]:
+    """Retry-After in seconds (at most 60), or None when absent or not a number of seconds from 0 (nan, -30 or
+    an HTTP date: the backoff applies)."""
     try:
-        return min(float(error.response.headers["retry-after"]), 60.0)
+        seconds = float(error.response.headers["retry-after"])
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
+    return min(seconds, 60.0) if seconds >= 0 else None  # NaN compares false
+
+
+def _unusable(what: str) -> _RequestFailed:
+    return _RequestFailed(f"a reply that is not a chat completion ({what})", retryable=False)
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return kinds.get(type(value), "number")
+
+
+def _token_count(usage: Any, name: str) -> int:
+    """usage[name] when it is a whole number of tokens; 0 for anything else (a malformed count does not spoil
+    the grades, it is only not counted)."""
+    value = usage.get(name) if isinstance(usage, dict) else None
+    return value if _is_count(value) else 0
+
+
+def chat_reply(body: bytes) -> tuple[str, int, int]:
+    """(the message's text, prompt tokens, completion tokens) of a chat-completion response body, checked step by
+    step; _RequestFailed (not retryable) saying what is wrong for any other body. No choices, or a message
+    without content (a refusal), is an empty text: no grades, so it is asked again."""
+    try:
+        document = _load_json(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _unusable("not UTF-8 text") from None
+    except _LongNumber as error:
+        raise _unusable(f"{error}") from None
+    except RecursionError:
+        raise _unusable("JSON nested too deeply") from None
+    except ValueError:
+        raise _unusable("not JSON") from None
+    if not isinstance(document, dict):
+        raise _unusable(f"a JSON {_json_kind(document)}, not an object")
+    choices = document.get("choices")
+    if not isinstance(choices, list):
+        raise _unusable("no list of choices")
+    prompt_tokens = _token_count(document.get("usage"), "prompt_tokens")
+    completion_tokens = _token_count(document.get("usage"), "completion_tokens")
+    if not choices:
+        return "", prompt_tokens, completion_tokens
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    if not isinstance(message, dict):
+        raise _unusable("no message in its first choice")
+    content = message.get("content")
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise _unusable(f"its message's content is not text but a JSON {_json_kind(content)}")
+    # Lone surrogates (JSON's "\ud800") cannot be written as UTF-8: they become "?".
+    return content.encode("utf-8", errors="replace").decode("utf-8"), prompt_tokens, completion_tokens
 
 
 class Judge:
@@ -239,6 +406,37 @@ class Judge:
         # Retries are ours (max_retries=0): the client's would hide how many requests each grading took.
         self.client = openai.OpenAI(api_key=key, base_url=config.judge_base_url, max_retries=0,
                                     timeout=config.judge_timeout)
+        if not hasattr(self.client.chat.completions, "with_streaming_response"):
+            raise UserError(f"the judge needs openai 1.8 or newer (this is {openai.__version__}): "
+                            "pip install -U openai")
+        self.max_reply_bytes = max(MAX_REPLY_BYTES, 64 * config.judge_max_tokens)
+
+    def _body(self, messages: list[dict[str, str]]) -> bytes:
+        """The body of one chat-completion response, read up to max_reply_bytes and within judge_timeout; the
+        client's own parsing is not used (it fails with a traceback on bodies of other shapes)."""
+        limit, deadline = self.max_reply_bytes, time.monotonic() + self.config.judge_timeout
+        too_large = _unusable(f"larger than {limit:,} bytes")
+        with self.client.chat.completions.with_streaming_response.create(
+                model=self.model, messages=messages, temperature=0.0,
+                max_tokens=self.config.judge_max_tokens) as response:
+            length = response.headers.get("content-length", "")
+            if length.isdigit() and len(length) < 20 and int(length) > limit:
+                raise too_large
+            chunks, size = [], 0
+            try:
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise _RequestFailed("timeout")
+            except _RequestFailed:
+                raise
+            except Exception as error:  # the HTTP library's own error: the client wraps only those before the body
+                raise _RequestFailed("timeout" if "timeout" in type(error).__name__.lower()
+                                     else "connection failed") from None
+        return b"".join(chunks)
 
     def _ask(self, messages: list[dict[str, str]], grading: Grading) -> str:
         """One chat completion, retried with exponential backoff on transient failures."""
@@ -246,12 +444,14 @@ class Judge:
         for attempt in range(self.config.judge_retries + 1):
             grading.requests += 1
             try:
-                response = self.client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=0.0, max_tokens=self.config.judge_max_tokens)
-                if response.usage is not None:
-                    grading.prompt_tokens += response.usage.prompt_tokens or 0
-                    grading.completion_tokens += response.usage.completion_tokens or 0
-                return (response.choices[0].message.content or "") if response.choices else ""
+                content, prompt_tokens, completion_tokens = chat_reply(self._body(messages))
+                grading.prompt_tokens += prompt_tokens
+                grading.completion_tokens += completion_tokens
+                return content
+            except _RequestFailed as error:
+                if not error.retryable:
+                    raise
+                failure = error
             except openai.APIStatusError as error:
                 if error.status_code == 429 or error.status_code >= 500:
                     failure = _RequestFailed(f"HTTP {error.status_code}", retry_after=_retry_after(error))
@@ -267,11 +467,9 @@ class Judge:
                 failure = _RequestFailed("timeout")
             except openai.APIConnectionError:
                 failure = _RequestFailed("connection failed")
-            except openai.APIResponseValidationError:
-                raise _RequestFailed("a reply that is not a chat completion", retryable=False) from None
             if attempt == self.config.judge_retries:
                 raise failure
-            delay = self.config.judge_backoff * 2 ** attempt
+            delay = self.config.judge_backoff * 2.0 ** min(attempt, 40)  # 2.0 ** 1100 would overflow
             time.sleep(failure.retry_after if failure.retry_after is not None else delay)
         raise AssertionError("unreachable")
 

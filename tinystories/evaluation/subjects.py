@@ -27,7 +27,7 @@ from tinystories.generation.decoders import decoding_model
 from tinystories.generation.engine import complete_all
 from tinystories.generation.requests import SequenceResult, sequence_seed
 from tinystories.generation.sampling import SamplingConfig
-from tinystories.generation.weight_formats import rounded_copy
+from tinystories.generation.weight_formats import Float16Linear, rounded_copy
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 DEFAULT_BLOCK_SIZE = 512
@@ -64,6 +64,12 @@ class CheckpointSubject(Subject):
                  block_size: int = DEFAULT_BLOCK_SIZE, weight_format: str = "float32") -> None:
         self.model = model.eval()
         self.weight_format = weight_format
+        if weight_format == "float16":
+            # The decoder's own check, now: a finite weight beyond float16's range would become infinite in the
+            # rounded copy, and the loss would then blame the checkpoint instead of the precision.
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    Float16Linear(module)
         self._scored = rounded_copy(self.model, weight_format)  # the loss is that of the weights the decoder uses
         self.name, self.step = name, step
         self.block_size = min(block_size, model.config.block_size)

@@ -13,8 +13,10 @@ model is approximated (EXACT_GELU_WARNING gives the measured size).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator
@@ -28,6 +30,7 @@ from tinystories.files import atomic_path
 from tinystories.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, bpe_file_paths
 
 OUTTYPES = ("f32", "f16", "q8_0")
+_FULL_DISK_BYTES = 1 << 20  # a write cut short with less free space than this was cut short by a full disk
 # Measured by bench.py's cpu-inference section (docs/benchmarks.md) on the README's quick-start model (tiny
 # preset, exact GELU, 50 steps) over 8,192 positions of TinyStories validation text.
 EXACT_GELU_WARNING = (
@@ -137,7 +140,14 @@ def save_gguf(model: Model, path: str | os.PathLike, outtype: str = "f32", name:
         array, ggml_type = _encoded(gguf, tensor, outtype)
         writer.add_tensor(tensor_name, array, raw_dtype=ggml_type)
     with atomic_path(path) as temporary:
-        writer.write_header_to_file(temporary)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=True)
-        writer.close()
+        try:
+            writer.write_header_to_file(temporary)
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=False)  # a bar would run into an error line (a full disk)
+        except OSError as error:
+            # numpy's tofile reports a short write as "N requested and M written", without an errno.
+            if error.errno is None and shutil.disk_usage(temporary.parent).free < _FULL_DISK_BYTES:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+            raise
+        finally:
+            writer.close()

@@ -10,6 +10,9 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Iterator
@@ -20,7 +23,7 @@ import torch.nn as nn
 from model.model import Config, Model
 from tinystories.data.hub import hub_resolves
 from tinystories.errors import UserError, first_line
-from tinystories.files import ensure_folder
+from tinystories.files import ensure_folder, folders_removed_on_failure
 from tinystories.generation.sampling import SamplingConfig
 from tinystories.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, bpe_file_paths, get_tokenizer
 
@@ -53,6 +56,9 @@ _OTHER_PARAMETERS = [
     ("final_norm.weight", "transformer.ln_f.weight", False),
     ("final_norm.bias", "transformer.ln_f.bias", False),
 ]
+# Below half a byte of stored weights per parameter (4-bit quantization), config.json cannot describe the
+# weights: building its model would only fill memory with random values before the load is refused.
+_MIN_STORED_BYTES_PER_PARAMETER = 0.5
 # A sentence whose ids the saved tokenizer must reproduce (it covers spaces, digits, punctuation, unicode).
 _TOKENIZER_PROBE = "Hello world! Once upon a time, 3 little cats said: \"don't\" — café 🐈\n\n  end"
 
@@ -199,10 +205,17 @@ def _config_dict(path_or_repo_id: str, offline: dict[str, bool]) -> dict:
 def _from_pretrained(model_class: type, path_or_repo_id: str, offline: dict[str, bool], **options):
     """model_class.from_pretrained, refusing what it would silently fill with random weights."""
     try:
-        hf_model, info = model_class.from_pretrained(path_or_repo_id, output_loading_info=True,
-                                                     ignore_mismatched_sizes=True, **offline, **options)
+        with warnings.catch_warnings():
+            # torch warns (e.g. about a pickle protocol) before its own error; our one line says it all.
+            warnings.simplefilter("ignore")
+            hf_model, info = model_class.from_pretrained(path_or_repo_id, output_loading_info=True,
+                                                         ignore_mismatched_sizes=True, **offline, **options)
     except Exception as error:  # OSError, safetensors' and torch's errors alike mean unreadable weights
-        raise UserError(f"{path_or_repo_id}: weights could not be loaded: {first_line(error)}") from None
+        reason = first_line(error)
+        if "weights_only" in reason:  # torch's advice to load the pickle unsafely would run the file's code
+            reason = ("its pickled weights (pytorch_model.bin) hold something other than tensors and plain values, "
+                      "which are never loaded, for safety")
+        raise UserError(f"{path_or_repo_id}: weights could not be loaded: {reason}") from None
     if info["mismatched_keys"]:
         name, found, expected = sorted(info["mismatched_keys"])[0]
         raise UserError(f"{path_or_repo_id}: {name} has shape {tuple(found)} but its config.json implies "
@@ -213,6 +226,78 @@ def _from_pretrained(model_class: type, path_or_repo_id: str, offline: dict[str,
         raise UserError(f"{path_or_repo_id} holds weights its config.json does not use: "
                         f"{', '.join(sorted(info['unexpected_keys'])[:3])}")
     return hf_model
+
+
+def _stored_weight_bytes(path_or_repo_id: str, offline: dict[str, bool]) -> int | None:
+    """The bytes of weights that from_pretrained would read (safetensors first, else pytorch_model*.bin), or None
+    where that is not known without loading them (from_pretrained then reports what is wrong with them)."""
+    folder = Path(path_or_repo_id)
+    if folder.is_dir():
+        for pattern in ("*.safetensors", "pytorch_model*.bin"):
+            files = sorted(path for path in folder.glob(pattern) if path.is_file())
+            if files:
+                sizes = [_weight_file_bytes(path) for path in files]
+                return None if None in sizes else sum(sizes)
+        return None
+    from transformers.utils import cached_file
+
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json"):
+        try:  # the download from_pretrained would make next; it then reads the file from the cache
+            resolved = cached_file(path_or_repo_id, name, _raise_exceptions_for_missing_entries=False,
+                                   _raise_exceptions_for_connection_errors=False, **offline)
+        except Exception:
+            return None
+        if resolved is None:
+            continue
+        if not name.endswith(".json"):
+            return _weight_file_bytes(Path(resolved))
+        try:  # a sharded repo: its index states the total
+            total = json.loads(Path(resolved).read_text(encoding="utf-8"))["metadata"]["total_size"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return total if isinstance(total, int) else None
+    return None
+
+
+def _weight_file_bytes(path: Path) -> int | None:
+    """The tensor bytes a safetensors file's header declares, or a torch zip file's size; None for a file too
+    damaged to say (a truncated one) or an old-style pickle."""
+    try:
+        if path.suffix != ".safetensors":
+            return path.stat().st_size if zipfile.is_zipfile(path) else None
+        with open(path, "rb") as file:
+            header_size = int.from_bytes(file.read(8), "little")
+            if header_size > 100_000_000:
+                return None
+            header = json.loads(file.read(header_size))
+        spans = [entry["data_offsets"] for name, entry in header.items() if name != "__metadata__"]
+        end = max((stop for _, stop in spans), default=0)
+        if path.stat().st_size < 8 + header_size + end:  # truncated
+            return None
+        return sum(stop - start for start, stop in spans)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _check_config_fits_weights(path_or_repo_id: str, offline: dict[str, bool], hf_config, build) -> None:
+    """Refuse, before any model is built in memory, a config.json that describes a model far larger than its
+    stored weights (a wrong model_type builds that model from its defaults: 'llama' is 6.7 billion parameters,
+    out of memory before any weight is read). `build(hf_config)` makes the model, here on the meta device."""
+    model_type = hf_config.model_type
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):  # no memory: shapes only
+            warnings.simplefilter("ignore")
+            meta_model = build(hf_config)
+    except Exception as error:  # e.g. a model_type with no causal language model
+        raise UserError(f"{path_or_repo_id}: transformers cannot build a causal language model of model_type "
+                        f"{model_type!r}: {first_line(error)[:200]}") from None
+    parameters = sum(parameter.numel() for parameter in meta_model.parameters())
+    stored = _stored_weight_bytes(path_or_repo_id, offline)
+    if stored is not None and parameters * _MIN_STORED_BYTES_PER_PARAMETER > stored:
+        raise UserError(f"{path_or_repo_id}: config.json describes a {model_type!r} model of {parameters:,} "
+                        f"parameters, far more than its {stored / 1e6:,.1f} MB of weights hold; check its "
+                        f"model_type and sizes")
 
 
 def load_hf(path_or_repo_id: str) -> Model:
@@ -233,6 +318,7 @@ def load_hf(path_or_repo_id: str) -> Model:
             config_from_gpt2(hf_config)  # refuse an unconvertible model before its weights are downloaded
         except UserError as error:
             raise UserError(f"{path_or_repo_id}: {error}") from None
+        _check_config_fits_weights(path_or_repo_id, offline, hf_config, transformers.GPT2LMHeadModel)
         hf_model = _from_pretrained(transformers.GPT2LMHeadModel, path_or_repo_id, offline, config=hf_config)
     return from_hf(hf_model)
 
@@ -257,13 +343,23 @@ def load_causal_lm(path_or_repo_id: str) -> "transformers.PreTrainedModel":
     transformers = _transformers()
     offline = _offline_options(path_or_repo_id)
     with _quiet_transformers(progress_bars=not Path(path_or_repo_id).is_dir()):
-        _config_dict(path_or_repo_id, offline)
+        config_dict = _config_dict(path_or_repo_id, offline)
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(path_or_repo_id, **offline)
         except Exception as error:  # a missing file, an unknown tokenizer class or a corrupt JSON alike
             raise UserError(f"{path_or_repo_id}: no usable tokenizer, so it cannot be checked against GPT-2's: "
                             f"{first_line(error)}") from None
         check_gpt2_tokenizer(tokenizer, path_or_repo_id)
+        try:
+            hf_config = transformers.AutoConfig.for_model(**config_dict)
+        except Exception as error:  # an unknown model_type, or settings its config class rejects
+            model_type = config_dict["model_type"]
+            if model_type not in transformers.CONFIG_MAPPING:  # transformers' message lists every known type
+                raise UserError(f"{path_or_repo_id}: transformers {transformers.__version__} does not know the "
+                                f"model_type {model_type!r} of its config.json") from None
+            raise UserError(f"{path_or_repo_id}: config.json of model_type {model_type!r} is invalid: "
+                            f"{_last_line(error)}") from None
+        _check_config_fits_weights(path_or_repo_id, offline, hf_config, transformers.AutoModelForCausalLM.from_config)
         hf_model = _from_pretrained(transformers.AutoModelForCausalLM, path_or_repo_id, offline, dtype=torch.float32)
     if hf_model.config.vocab_size < VOCAB_SIZE:
         raise UserError(f"{path_or_repo_id}: its vocabulary of {hf_model.config.vocab_size:,} ids does not cover "
@@ -303,26 +399,87 @@ def generation_config(sampling: SamplingConfig, max_new_tokens: int, num_beams: 
 
 
 def save_hf(model: Model, out_dir: str | os.PathLike) -> list[Path]:
-    """Write a Hugging Face model folder (config, safetensors weights, tokenizer); return the files in it.
+    """Write a Hugging Face model folder (config, safetensors weights, tokenizer); return the files written.
 
-    `GPT2LMHeadModel.from_pretrained(out_dir)` and `AutoTokenizer.from_pretrained(out_dir)` load it offline.
+    Everything is written to a hidden temporary folder (beside `out_dir`, or inside it if it exists) and checked
+    there, then moved into place: a failure (a full disk) leaves `out_dir` as it was. Files of `out_dir` that
+    the export does not write are kept. `GPT2LMHeadModel.from_pretrained(out_dir)` and
+    `AutoTokenizer.from_pretrained(out_dir)` load it offline.
     """
     transformers = _transformers()
     from safetensors import SafetensorError  # what transformers' weight writer raises, a full disk included
-    folder = ensure_folder(out_dir)
-    try:
-        to_hf(model).save_pretrained(folder)
-        gpt2_tokenizer(model.config.block_size).save_pretrained(folder)
-        # The original files too, for tools that read a slow GPT-2 tokenizer from vocab.json and merges.txt.
-        paths = bpe_file_paths()
-        shutil.copyfile(paths["encoder.json"], folder / "vocab.json")
-        shutil.copyfile(paths["vocab.bpe"], folder / "merges.txt")
-    except (OSError, SafetensorError) as error:
-        reason = getattr(error, "strerror", None) or first_line(error)
-        raise UserError(f"could not write the model folder {out_dir}: {reason}; "
-                        "the files in it are incomplete (the checkpoint is unchanged)") from None
+    target = Path(out_dir)
+    with folders_removed_on_failure(target):
+        check_output_folder(out_dir)
+        kept = f"the previous files in {out_dir} are kept" if target.is_dir() else "nothing was written"
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
+                                            dir=target if target.is_dir() else target.parent))
+        except OSError as error:
+            raise UserError(f"could not write the model folder {out_dir}: {error.strerror or error}") from None
+        try:
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's owner-only mode would stay with the renamed folder
+            with _quiet_transformers(progress_bars=False):  # a bar for one file would only add lines to stderr
+                to_hf(model).save_pretrained(staging)
+                gpt2_tokenizer(model.config.block_size).save_pretrained(staging)
+            # The original files too, for tools that read a slow GPT-2 tokenizer from vocab.json and merges.txt.
+            paths = bpe_file_paths()
+            shutil.copyfile(paths["encoder.json"], staging / "vocab.json")
+            shutil.copyfile(paths["vocab.bpe"], staging / "merges.txt")
+            if not encodes_like_gpt2(transformers.AutoTokenizer.from_pretrained(staging)):
+                raise UserError(f"the tokenizer saved for {out_dir} does not reproduce GPT-2's ids with "
+                                f"transformers {transformers.__version__}; try another transformers version "
+                                f"({kept})")
+            names = sorted(path.name for path in staging.iterdir() if path.is_file())
+            _move_into_place(staging, target, names)
+        except (OSError, SafetensorError) as error:
+            reason = getattr(error, "strerror", None) or first_line(error)
+            raise UserError(f"could not write the model folder {out_dir}: {reason}; {kept} "
+                            "(the checkpoint is unchanged)") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return [target / name for name in names]
 
-    if not encodes_like_gpt2(transformers.AutoTokenizer.from_pretrained(folder)):
-        raise UserError(f"the tokenizer saved in {out_dir} does not reproduce GPT-2's ids with transformers "
-                        f"{transformers.__version__}; try another transformers version")
-    return sorted(path for path in folder.iterdir() if path.is_file())
+
+def check_output_folder(out_dir: str | os.PathLike) -> Path:
+    """Check before any work that the model folder `out_dir` can be written: an existing folder that takes new
+    files, or a path whose folder exists or can be made and takes new files (the folder itself is not made)."""
+    target = Path(out_dir)
+    if target.is_dir():
+        return ensure_folder(target)
+    if target.exists():
+        raise UserError(f"{out_dir} is a file, not a folder; pass a folder path")
+    ensure_folder(target.parent)
+    return target
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _move_into_place(staging: Path, target: Path, names: list[str]) -> None:
+    """Give the files `names` written in `staging` ordinary permissions, make them durable and move them to
+    `target`: the whole folder in one rename where `target` does not exist, else file by file (each rename
+    replaces one file in one step)."""
+    mode = 0o666 & ~_umask()  # a plain open()'s; transformers writes model.safetensors owner-only
+    for name in names:
+        with open(staging / name, "rb+") as file:
+            os.fchmod(file.fileno(), mode)
+            os.fsync(file.fileno())
+    if not target.exists():
+        os.rename(staging, target)
+        synced = target.parent
+    else:
+        clashes = [name for name in names if (target / name).is_dir()]
+        if clashes:
+            raise UserError(f"{target / clashes[0]} is a folder; the model folder needs a file of that name")
+        for name in names:
+            os.replace(staging / name, target / name)
+        synced = target
+    directory = os.open(synced, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the renames themselves durable
+    finally:
+        os.close(directory)
