@@ -21,19 +21,10 @@ from tinystories.data.pipeline import encode_stories
 from tinystories.data.readers import expand_paths
 from tinystories.errors import UserError, run_main
 from tinystories.evaluation.beginnings import read_beginnings, story_beginning
-from tinystories.evaluation.judge import (
-    AGE_GROUPS,
-    CRITERIA,
-    PROMPT_VERSION,
-    Grading,
-    GradingCache,
-    Judge,
-    JudgeConfig,
-    check_cache_path,
-    grade_all,
-    grading_records,
-    judge_report,
-)
+from tinystories.evaluation.judge import Grading, Judge, JudgeConfig, grade_all
+from tinystories.evaluation.judge_cache import GradingCache, check_cache_path
+from tinystories.evaluation.judge_protocol import AGE_GROUPS, CRITERIA, PROMPT_VERSION
+from tinystories.evaluation.judge_report import grading_records, judge_report
 from tinystories.evaluation.metrics import (
     ConcatenatedTokens,
     Tokens,

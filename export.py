@@ -16,7 +16,7 @@ from tinystories.cli import ArgumentParser
 from tinystories.errors import UserError, run_main
 from tinystories.files import check_not_an_input, check_output_file, folders_removed_on_failure
 from tinystories.interop.gguf import EXACT_GELU_WARNING, OUTTYPES, save_gguf
-from tinystories.interop.hf import check_output_folder, load_hf, save_hf
+from tinystories.interop.hf_folders import check_output_folder, load_hf, save_hf
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ from tinystories.checkpoint import load_model, model_checkpoint, save_checkpoint
 from tinystories.data import DataConfig, load_tokens, prepare_data
 from tinystories.evaluation.metrics import stream_loss
 from tinystories.evaluation.subjects import CheckpointSubject
-from tinystories.interop.hf import from_hf, save_hf
+from tinystories.interop.hf import from_hf
+from tinystories.interop.hf_folders import save_hf
 from tinystories.tokenizer import EOT_ID, get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,21 +22,16 @@ from tests.judge_server import REFUSED_KEY, JudgeServer, scripted_grades
 from tests.scripts import refusal
 from tinystories.checkpoint import model_checkpoint, save_checkpoint
 from tinystories.errors import UserError
-from tinystories.evaluation.judge import (
+from tinystories.evaluation.judge import Judge, JudgeConfig, grade_all
+from tinystories.evaluation.judge_cache import GradingCache, cache_key
+from tinystories.evaluation.judge_protocol import (
     CRITERIA,
     MAX_REPLY_BYTES,
     PROMPT_VERSION,
-    GradingCache,
-    Judge,
-    JudgeConfig,
-    cache_key,
-    grade_all,
     grading_messages,
-    judge_report,
-    mean_interval,
     parse_grades,
-    t_quantile,
 )
+from tinystories.evaluation.judge_report import judge_report, mean_interval, t_quantile
 from tinystories.serving.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -297,7 +292,8 @@ def test_concurrency_is_limited(secret_key, tmp_path):
     slow = JudgeServer(delay=0.5).start()  # long enough that three requests overlap on a busy machine too
     try:
         items = [(f"Story {n} begins", " and ends.") for n in range(9)]
-        grade_all(judge_for(slow, judge_concurrency=3, judge_timeout=10), items, GradingCache(str(tmp_path / "c.jsonl")))
+        judge = judge_for(slow, judge_concurrency=3, judge_timeout=10)
+        grade_all(judge, items, GradingCache(str(tmp_path / "c.jsonl")))
         assert slow.requests == 9 and slow.max_in_flight == 3
     finally:
         slow.shutdown()

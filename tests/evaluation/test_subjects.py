@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-import tinystories.interop.hf
+import tinystories.interop.hf_folders
 from model.model import Model, preset
 from tinystories.checkpoint import model_checkpoint, save_checkpoint
 from tinystories.data import load_tokens
@@ -18,7 +18,7 @@ from tinystories.errors import UserError
 from tinystories.evaluation.metrics import stream_loss
 from tinystories.evaluation.subjects import CheckpointSubject, HuggingFaceSubject, load_subject
 from tinystories.generation.sampling import SamplingConfig
-from tinystories.interop.hf import gpt2_tokenizer, save_hf
+from tinystories.interop.hf_folders import gpt2_tokenizer, save_hf
 
 WINDOW = 32  # scoring windows in these tests: longer than GPT-Neo's local attention window below
 PROMPTS = ["Once upon a time, there was a", "Lily saw a big dog. The dog", "Tom"]
@@ -174,7 +174,8 @@ def test_a_vocabulary_smaller_than_gpt2s_is_refused(tmp_path):
     ("roneneldan/TinyStories-33M", "roneneldan/TinyStories-33M"),  # Hub unreachable: one line, no download
 ])
 def test_unloadable_names_are_one_line_errors(name, message, monkeypatch):
-    monkeypatch.setattr(tinystories.interop.hf, "hub_resolves", lambda: False)  # the suite never looks up the Hub
+    # The suite never looks up the Hub.
+    monkeypatch.setattr(tinystories.interop.hf_folders, "hub_resolves", lambda: False)
     with pytest.raises(UserError, match=message) as error:
         load_subject(name, torch.device("cpu"))
     assert "\n" not in str(error.value)

@@ -208,7 +208,7 @@ def test_output_writes_the_json_document_only_when_generation_succeeds(checkpoin
 
 def test_a_hugging_face_folder_generates_like_its_checkpoint(checkpoint, tmp_path, monkeypatch, capsys):
     from tinystories.checkpoint import load_model
-    from tinystories.interop.hf import save_hf
+    from tinystories.interop.hf_folders import save_hf
 
     save_hf(load_model(checkpoint)[0], tmp_path / "hf")
     documents = []

@@ -16,11 +16,13 @@ import torch
 import transformers
 
 import tinystories.interop.hf
+import tinystories.interop.hf_folders
 from model.model import Model, preset
 from tests.scripts import refusal
 from tests.test_checkpoint import _Payload, full_disk
 from tinystories.errors import UserError
-from tinystories.interop.hf import from_hf, load_hf, save_hf, to_hf
+from tinystories.interop.hf import from_hf, to_hf
+from tinystories.interop.hf_folders import load_hf, save_hf
 
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5  # fp32 max abs logit difference
@@ -193,7 +195,7 @@ def test_corrupt_or_missing_hf_weights_are_refused(exported, tmp_path):
 
 
 def test_missing_folder_with_an_unreachable_hub_is_refused(monkeypatch, tmp_path):
-    monkeypatch.setattr(tinystories.interop.hf, "hub_resolves", lambda: False)
+    monkeypatch.setattr(tinystories.interop.hf_folders, "hub_resolves", lambda: False)
     with pytest.raises(UserError, match="neither a model folder nor in the Hugging Face cache, and the Hub is"):
         load_hf(str(tmp_path / "no_such_folder"))
 
@@ -251,11 +253,11 @@ def test_a_folder_whose_config_names_no_model_type_is_refused(exported, tmp_path
 
 
 def test_only_the_cache_is_asked_for_a_repo_id_when_the_hub_is_unreachable(monkeypatch, tmp_path):
-    monkeypatch.setattr(tinystories.interop.hf, "hub_resolves", lambda: False)
-    assert tinystories.interop.hf._offline_options("someone/tiny-gpt2") == {"local_files_only": True}
-    assert tinystories.interop.hf._offline_options(str(tmp_path)) == {}  # a folder needs no Hub
-    monkeypatch.setattr(tinystories.interop.hf, "hub_resolves", lambda: True)
-    assert tinystories.interop.hf._offline_options("someone/tiny-gpt2") == {}
+    monkeypatch.setattr(tinystories.interop.hf_folders, "hub_resolves", lambda: False)
+    assert tinystories.interop.hf_folders._offline_options("someone/tiny-gpt2") == {"local_files_only": True}
+    assert tinystories.interop.hf_folders._offline_options(str(tmp_path)) == {}  # a folder needs no Hub
+    monkeypatch.setattr(tinystories.interop.hf_folders, "hub_resolves", lambda: True)
+    assert tinystories.interop.hf_folders._offline_options("someone/tiny-gpt2") == {}
 
 
 def test_unwritable_out_is_refused_before_converting(exported, tmp_path, read_only_folder, monkeypatch, capsys):
@@ -336,8 +338,8 @@ def test_weights_that_do_not_fit_their_config_are_named(exported, tmp_path):
 
 
 def test_an_errors_last_line_or_its_type_is_what_the_user_sees():
-    assert tinystories.interop.hf._last_line(ValueError("first\n  second  \n last one ")) == "last one"
-    assert tinystories.interop.hf._last_line(ValueError("  ")) == "ValueError"
+    assert tinystories.interop.hf_folders._last_line(ValueError("first\n  second  \n last one ")) == "last one"
+    assert tinystories.interop.hf_folders._last_line(ValueError("  ")) == "ValueError"
 
 
 GPT2_VARIANTS = {
@@ -380,10 +382,10 @@ def test_a_gpt2_model_without_one_of_its_parameters_is_refused():
 
 
 def test_a_tokenizer_with_one_token_more_than_gpt2s_is_not_gpt2s():
-    tokenizer = tinystories.interop.hf.gpt2_tokenizer(model_max_length=128)
-    assert tinystories.interop.hf.encodes_like_gpt2(tokenizer)
+    tokenizer = tinystories.interop.hf_folders.gpt2_tokenizer(model_max_length=128)
+    assert tinystories.interop.hf_folders.encodes_like_gpt2(tokenizer)
     tokenizer.add_tokens(["<|pad|>"])  # the sample text's ids and <|endoftext|>'s id are unchanged
-    assert not tinystories.interop.hf.encodes_like_gpt2(tokenizer)
+    assert not tinystories.interop.hf_folders.encodes_like_gpt2(tokenizer)
 
 
 def test_save_hf_writes_the_readmes_files_and_gpt2s_original_tokenizer_files(tmp_path):
@@ -552,7 +554,7 @@ def test_a_gpt2_config_far_larger_than_its_weights_is_refused_before_a_model_is_
 
 
 def test_an_unknown_model_type_is_named_in_one_short_line(exported, tmp_path):
-    from tinystories.interop.hf import load_causal_lm
+    from tinystories.interop.hf_folders import load_causal_lm
 
     folder = edited_config(exported[2], tmp_path / "unknown", model_type="no_such_type")
     with pytest.raises(UserError) as refused:

@@ -175,6 +175,6 @@ def load_subject(name: str, device: torch.device, block_size: int = DEFAULT_BLOC
     if not Path(name).exists() and name.count("/") != 1:
         raise UserError(f"{name} not found: give a checkpoint file (.pth), a Hugging Face model folder, or a Hub "
                         f"id such as roneneldan/TinyStories-33M")
-    from tinystories.interop.hf import load_causal_lm
+    from tinystories.interop.hf_folders import load_causal_lm
 
     return HuggingFaceSubject(load_causal_lm(name).to(device), name, block_size)
