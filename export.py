@@ -42,9 +42,7 @@ def main() -> None:
     # Refused before any work: an output that would overwrite an input (the same file, also through `..` or a
     # link, a file inside the Hugging Face folder read, or a model folder holding the checkpoint).
     if args.model is not None:
-        check_not_an_input(args.out, "--out", [args.model])
-        if args.format == "hf":
-            check_not_holding(args.out, args.model)
+        check_not_an_input(args.out, "--out", [args.model], folder=args.format == "hf")
     elif Path(args.from_hf).exists():  # else a hub repo id, read from the Hub's cache
         check_not_an_input(args.out, "--out", [args.from_hf])
 
@@ -71,13 +69,6 @@ def main() -> None:
             save_checkpoint(args.out, model_checkpoint(model))
             print(f"wrote checkpoint {args.out} ({model.num_parameters():,} parameters, config {model.config})")
 
-
-def check_not_holding(out_dir: str, checkpoint: str) -> None:
-    """Refuse a model folder `out_dir` that holds the checkpoint to export: the export writes its files there."""
-    folder, source = Path(out_dir).resolve(), Path(checkpoint).resolve()
-    if folder in source.parents:
-        raise UserError(f"--out {out_dir} holds the input {checkpoint}, which writing the model folder there could "
-                        "overwrite; choose another folder")
 
 
 if __name__ == "__main__":

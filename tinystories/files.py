@@ -16,18 +16,18 @@ from typing import Any, BinaryIO, Iterable, Iterator
 from tinystories.errors import UserError
 
 
-def _default_mode() -> int:
-    """The permissions a plain open() would give a new file under this process's umask."""
+def default_mode(folder: bool = False) -> int:
+    """The permissions a plain open() (or mkdir(), for a folder) would give under this process's umask."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return (0o777 if folder else 0o666) & ~umask
 
 
 def temporary_file_beside(target: Path) -> tuple[BinaryIO, Path]:
     """An open binary file with a unique hidden name in target's folder, with ordinary permissions
     (mkstemp's own are owner-only, which a rename would carry over to the target)."""
     descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.fchmod(descriptor, _default_mode())
+    os.fchmod(descriptor, default_mode())
     return os.fdopen(descriptor, "wb"), Path(name)
 
 
@@ -79,9 +79,11 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
     return file
 
 
-def check_not_an_input(output: str | os.PathLike, flag: str, inputs: Iterable[str | os.PathLike]) -> None:
+def check_not_an_input(output: str | os.PathLike, flag: str, inputs: Iterable[str | os.PathLike],
+                       folder: bool = False) -> None:
     """Refuse, before any work, an output that would overwrite one of the run's inputs: the same file (also
-    through `..`, a link or a hard link), or a file inside an input folder (a model folder's files are inputs)."""
+    through `..`, a link or a hard link), a file inside an input folder (a model folder's files are inputs), and
+    with `folder` (the output is a folder to write files into) one that holds an input."""
     target = Path(output).resolve()
     for given in inputs:
         source = Path(given).resolve()
@@ -89,6 +91,9 @@ def check_not_an_input(output: str | os.PathLike, flag: str, inputs: Iterable[st
         if same or (source.is_dir() and source in target.parents):
             where = "is" if same else "is inside"
             raise UserError(f"{flag} {output} {where} the input {given}, which writing it would destroy; "
+                            "choose another path")
+        if folder and target in source.parents:
+            raise UserError(f"{flag} {output} holds the input {given}, which writing there could overwrite; "
                             "choose another path")
 
 
@@ -144,9 +149,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if isinstance(error, OSError):
             raise _write_failed(target, error) from None
         raise
-    directory = os.open(target.parent, os.O_RDONLY)
+    fsync_folder(target.parent)  # make the rename itself durable
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the renames into `folder` durable."""
+    directory = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(directory)  # make the rename itself durable
+        os.fsync(directory)
     finally:
         os.close(directory)
 

@@ -30,11 +30,11 @@ from tinystories.evaluation.judge_protocol import (
     MAX_REPLY_BYTES,
     PROMPT_VERSION,
     REASK_PROMPT,
-    _RequestFailed,
-    _unusable,
+    RequestFailed,
     chat_reply,
     grading_messages,
     parse_grades,
+    unusable_reply,
 )
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -162,7 +162,7 @@ class Judge:
         """The body of one chat-completion response, read up to max_reply_bytes and within judge_timeout; the
         client's own parsing is not used (it fails with a traceback on bodies of other shapes)."""
         limit, deadline = self.max_reply_bytes, time.monotonic() + self.config.judge_timeout
-        too_large = _unusable(f"larger than {limit:,} bytes")
+        too_large = unusable_reply(f"larger than {limit:,} bytes")
         with self.client.chat.completions.with_streaming_response.create(
                 model=self.model, messages=messages, temperature=0.0,
                 max_tokens=self.config.judge_max_tokens) as response:
@@ -177,11 +177,11 @@ class Judge:
                         raise too_large
                     chunks.append(chunk)
                     if time.monotonic() > deadline:
-                        raise _RequestFailed("timeout")
-            except _RequestFailed:
+                        raise RequestFailed("timeout")
+            except RequestFailed:
                 raise
             except Exception as error:  # the HTTP library's own error: the client wraps only those before the body
-                raise _RequestFailed("timeout" if "timeout" in type(error).__name__.lower()
+                raise RequestFailed("timeout" if "timeout" in type(error).__name__.lower()
                                      else "connection failed") from None
         return b"".join(chunks)
 
@@ -195,13 +195,13 @@ class Judge:
                 grading.prompt_tokens += prompt_tokens
                 grading.completion_tokens += completion_tokens
                 return content
-            except _RequestFailed as error:
+            except RequestFailed as error:
                 if not error.retryable:
                     raise
                 failure = error
             except openai.APIStatusError as error:
                 if error.status_code == 429 or error.status_code >= 500:
-                    failure = _RequestFailed(f"HTTP {error.status_code}", retry_after=_retry_after(error))
+                    failure = RequestFailed(f"HTTP {error.status_code}", retry_after=_retry_after(error))
                 elif error.status_code in (401, 403):
                     raise UserError(f"the judge at {self.host} refused the key (HTTP {error.status_code}); check "
                                     f"{KEY_VARIABLE}") from None
@@ -209,11 +209,11 @@ class Judge:
                     raise UserError(f"the judge at {self.host} has no model {self.model!r} or no chat "
                                     f"completions endpoint (HTTP 404)") from None
                 else:  # e.g. 400 for a prompt too long for the judge: this item only, and asking again won't help
-                    raise _RequestFailed(f"HTTP {error.status_code}{_server_message(error)}", retryable=False) from None
+                    raise RequestFailed(f"HTTP {error.status_code}{_server_message(error)}", retryable=False) from None
             except openai.APITimeoutError:
-                failure = _RequestFailed("timeout")
+                failure = RequestFailed("timeout")
             except openai.APIConnectionError:
-                failure = _RequestFailed("connection failed")
+                failure = RequestFailed("connection failed")
             if attempt == self.config.judge_retries:
                 raise failure
             delay = self.config.judge_backoff * 2.0 ** min(attempt, 40)  # 2.0 ** 1100 would overflow
@@ -233,7 +233,7 @@ class Judge:
                 if parsed is None:
                     grading.reason = "no valid grades in the reply, twice"
                     return grading
-        except _RequestFailed as failure:
+        except RequestFailed as failure:
             grading.reason = f"{failure} after {grading.requests} request(s)"
             return grading
         grading.grades, assessment = parsed

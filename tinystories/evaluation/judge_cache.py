@@ -13,10 +13,10 @@ from typing import Any, Optional
 from tinystories.errors import UserError
 from tinystories.evaluation.judge_protocol import (
     PROMPT_VERSION,
-    _is_count,
-    _is_text,
-    _load_json,
-    _valid_grades,
+    is_count,
+    is_text,
+    load_json,
+    valid_grades,
 )
 from tinystories.files import check_output_file
 
@@ -29,15 +29,15 @@ def cache_entry(line: bytes) -> Optional[dict[str, Any]]:
     """The grading of one cache line, checked as strictly as a judge's reply: a key, grades that parse_grades
     would accept, an assessment that is text, token counts that are whole numbers; None for anything else."""
     try:
-        entry = _load_json(line.decode("utf-8"))
+        entry = load_json(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
         return None
-    grades = _valid_grades(entry.get("grades"))
+    grades = valid_grades(entry.get("grades"))
     assessment = entry.get("assessment", "")
     tokens = [entry.get("prompt_tokens", 0), entry.get("completion_tokens", 0)]
-    if grades is None or not _is_text(assessment) or not all(_is_count(count) for count in tokens):
+    if grades is None or not is_text(assessment) or not all(is_count(count) for count in tokens):
         return None
     return {**entry, "grades": grades, "assessment": assessment, "prompt_tokens": tokens[0],
             "completion_tokens": tokens[1]}

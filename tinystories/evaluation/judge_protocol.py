@@ -62,7 +62,7 @@ def grading_messages(beginning: str, completion: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
 
 
-def _valid_grades(candidate: Any) -> Optional[dict[str, Any]]:
+def valid_grades(candidate: Any) -> Optional[dict[str, Any]]:
     if not isinstance(candidate, dict):
         return None
     grades: dict[str, Any] = {}
@@ -89,7 +89,7 @@ def _short_int(digits: str) -> int:
     return int(digits)
 
 
-def _load_json(text: str) -> Any:
+def load_json(text: str) -> Any:
     """json.loads refusing numbers of more than MAX_DIGITS digits (ValueError); RecursionError when too deep."""
     return json.loads(text, parse_int=_short_int)
 
@@ -108,10 +108,10 @@ def parse_grades(reply: str) -> Optional[tuple[dict[str, Any], str]]:
     found = None
     for match in _FLAT_OBJECT.finditer(reply):
         try:
-            candidate = _load_json(match.group())
+            candidate = load_json(match.group())
         except (ValueError, RecursionError):
             continue
-        grades = _valid_grades(candidate)
+        grades = valid_grades(candidate)
         if grades is not None:
             found = grades, reply[:match.start()]
     if found is None:
@@ -120,7 +120,7 @@ def parse_grades(reply: str) -> Optional[tuple[dict[str, Any], str]]:
     return grades, before.strip().removesuffix("```json").removesuffix("```").strip()
 
 
-class _RequestFailed(Exception):
+class RequestFailed(Exception):
     """A request that got no reply for this item; retryable: 429, 5xx, a timeout, a lost connection."""
 
     def __init__(self, reason: str, retryable: bool = True, retry_after: Optional[float] = None) -> None:
@@ -128,8 +128,8 @@ class _RequestFailed(Exception):
         self.retryable, self.retry_after = retryable, retry_after
 
 
-def _unusable(what: str) -> _RequestFailed:
-    return _RequestFailed(f"a reply that is not a chat completion ({what})", retryable=False)
+def unusable_reply(what: str) -> RequestFailed:
+    return RequestFailed(f"a reply that is not a chat completion ({what})", retryable=False)
 
 
 def _json_kind(value: Any) -> str:
@@ -141,45 +141,45 @@ def _token_count(usage: Any, name: str) -> int:
     """usage[name] when it is a whole number of tokens; 0 for anything else (a malformed count does not spoil
     the grades, it is only not counted)."""
     value = usage.get(name) if isinstance(usage, dict) else None
-    return value if _is_count(value) else 0
+    return value if is_count(value) else 0
 
 
 def chat_reply(body: bytes) -> tuple[str, int, int]:
     """(the message's text, prompt tokens, completion tokens) of a chat-completion response body, checked step by
-    step; _RequestFailed (not retryable) saying what is wrong for any other body. No choices, or a message
+    step; RequestFailed (not retryable) saying what is wrong for any other body. No choices, or a message
     without content (a refusal), is an empty text: no grades, so it is asked again."""
     try:
-        document = _load_json(body.decode("utf-8"))
+        document = load_json(body.decode("utf-8"))
     except UnicodeDecodeError:
-        raise _unusable("not UTF-8 text") from None
+        raise unusable_reply("not UTF-8 text") from None
     except _LongNumber as error:
-        raise _unusable(f"{error}") from None
+        raise unusable_reply(f"{error}") from None
     except RecursionError:
-        raise _unusable("JSON nested too deeply") from None
+        raise unusable_reply("JSON nested too deeply") from None
     except ValueError:
-        raise _unusable("not JSON") from None
+        raise unusable_reply("not JSON") from None
     if not isinstance(document, dict):
-        raise _unusable(f"a JSON {_json_kind(document)}, not an object")
+        raise unusable_reply(f"a JSON {_json_kind(document)}, not an object")
     choices = document.get("choices")
     if not isinstance(choices, list):
-        raise _unusable("no list of choices")
+        raise unusable_reply("no list of choices")
     prompt_tokens = _token_count(document.get("usage"), "prompt_tokens")
     completion_tokens = _token_count(document.get("usage"), "completion_tokens")
     if not choices:
         return "", prompt_tokens, completion_tokens
     message = choices[0].get("message") if isinstance(choices[0], dict) else None
     if not isinstance(message, dict):
-        raise _unusable("no message in its first choice")
+        raise unusable_reply("no message in its first choice")
     content = message.get("content")
     if content is None:
         content = ""
     if not isinstance(content, str):
-        raise _unusable(f"its message's content is not text but a JSON {_json_kind(content)}")
+        raise unusable_reply(f"its message's content is not text but a JSON {_json_kind(content)}")
     # Lone surrogates (JSON's "\ud800") cannot be written as UTF-8: they become "?".
     return content.encode("utf-8", errors="replace").decode("utf-8"), prompt_tokens, completion_tokens
 
 
-def _is_text(value: Any) -> bool:
+def is_text(value: Any) -> bool:
     """A str that UTF-8 can encode (JSON's "\\ud800" escapes decode to lone surrogates, which it cannot)."""
     if not isinstance(value, str):
         return False
@@ -190,5 +190,5 @@ def _is_text(value: Any) -> bool:
     return True
 
 
-def _is_count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
     return type(value) is int and value >= 0

@@ -56,7 +56,7 @@ def _parameter_names(n_layer: int) -> list[tuple[str, str, bool]]:
     return names
 
 
-def _transformers() -> ModuleType:
+def import_transformers() -> ModuleType:
     try:
         import transformers
     except ModuleNotFoundError:
@@ -67,7 +67,7 @@ def _transformers() -> ModuleType:
 def gpt2_config(config: Config) -> "transformers.GPT2Config":
     """The GPT2Config of a network identical to `Model(config)`."""
     eot = EOT_ID if config.vocab_size > EOT_ID else None  # an id outside the vocabulary would be invalid
-    return _transformers().GPT2Config(
+    return import_transformers().GPT2Config(
         vocab_size=config.vocab_size, n_positions=config.block_size, n_ctx=config.block_size,
         n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head, n_inner=None,
         activation_function=ACTIVATION_TO_HF[config.activation], layer_norm_epsilon=config.layer_norm_epsilon,
@@ -114,7 +114,7 @@ def _copy_parameters(target: nn.Module, values: dict[str, torch.Tensor]) -> None
 
 def to_hf(model: Model) -> "transformers.GPT2LMHeadModel":
     """A GPT2LMHeadModel (fp32, CPU, eval mode) that computes the same logits as `model`."""
-    hf_model = _transformers().GPT2LMHeadModel(gpt2_config(model.config))
+    hf_model = import_transformers().GPT2LMHeadModel(gpt2_config(model.config))
     hf_parameters = dict(hf_model.named_parameters())
     state = model.state_dict()
     values = {}
@@ -159,7 +159,7 @@ def generation_config(sampling: SamplingConfig, max_new_tokens: int, num_beams: 
                       stop_at_eos: bool = True) -> "transformers.GenerationConfig":
     """Our sampling settings as transformers' GenerationConfig: greedy at temperature 0 or with beams."""
     greedy = sampling.temperature == 0.0 or num_beams > 1
-    return _transformers().GenerationConfig(
+    return import_transformers().GenerationConfig(
         max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=not greedy,
         eos_token_id=EOT_ID if stop_at_eos else None, pad_token_id=EOT_ID,
         **({} if greedy else {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}))

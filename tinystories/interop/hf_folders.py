@@ -18,8 +18,8 @@ import torch
 from model.model import Model
 from tinystories.data.hub import hub_resolves
 from tinystories.errors import UserError, first_line
-from tinystories.files import ensure_folder, folders_removed_on_failure
-from tinystories.interop.hf import _transformers, config_from_gpt2, from_hf, to_hf
+from tinystories.files import default_mode, ensure_folder, folders_removed_on_failure, fsync_folder
+from tinystories.interop.hf import config_from_gpt2, from_hf, import_transformers, to_hf
 
 if TYPE_CHECKING:
     import transformers
@@ -37,7 +37,7 @@ _TOKENIZER_PROBE = "Hello world! Once upon a time, 3 little cats said: \"don't\"
 @contextlib.contextmanager
 def _quiet_transformers(progress_bars: bool) -> Iterator[None]:
     """Silence transformers' warnings (our checks replace its load report) and optionally its progress bars."""
-    logging = _transformers().utils.logging
+    logging = import_transformers().utils.logging
     verbosity, bars_enabled = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
     if not progress_bars:
@@ -64,7 +64,7 @@ def _offline_options(path_or_repo_id: str) -> dict[str, bool]:
 def _config_dict(path_or_repo_id: str, offline: dict[str, bool]) -> dict:
     """The model's config.json as a dict; a folder or repo id without one is a UserError."""
     try:
-        config_dict, _ = _transformers().PretrainedConfig.get_config_dict(path_or_repo_id, **offline)
+        config_dict, _ = import_transformers().PretrainedConfig.get_config_dict(path_or_repo_id, **offline)
     except OSError as error:
         where = "in the Hugging Face cache, and the Hub is unreachable" if offline else \
             f"a loadable Hugging Face repo: {first_line(error)}"
@@ -176,7 +176,7 @@ def _check_config_fits_weights(path_or_repo_id: str, offline: dict[str, bool], h
 
 def load_hf(path_or_repo_id: str) -> Model:
     """Our Model from a GPT-2-architecture model folder or Hugging Face hub repo id."""
-    transformers = _transformers()
+    transformers = import_transformers()
     offline = _offline_options(path_or_repo_id)
     # A local folder needs no download, so its bars would only add noise before a possible error line.
     with _quiet_transformers(progress_bars=not Path(path_or_repo_id).is_dir()):
@@ -214,7 +214,7 @@ def check_gpt2_tokenizer(tokenizer: "transformers.PreTrainedTokenizerBase", wher
 def load_causal_lm(path_or_repo_id: str) -> "transformers.PreTrainedModel":
     """Any transformers causal LM (GPT-2, GPT-Neo, ...) from a folder or Hub id, fp32, CPU, eval mode, after
     checking that its tokenizer encodes like GPT-2's and its vocabulary covers GPT-2's ids."""
-    transformers = _transformers()
+    transformers = import_transformers()
     offline = _offline_options(path_or_repo_id)
     with _quiet_transformers(progress_bars=not Path(path_or_repo_id).is_dir()):
         config_dict = _config_dict(path_or_repo_id, offline)
@@ -249,7 +249,7 @@ def gpt2_tokenizer(model_max_length: int) -> "transformers.PreTrainedTokenizerBa
     merges = [tuple(line.split(" ")) for line in lines[1:] if line]  # line 0 is "#version: 0.2"
     # In transformers 5, GPT2Tokenizer(vocab_file=..., merges_file=...) silently builds an empty tokenizer;
     # the vocabulary and merges must be passed as a dict and a list.
-    return _transformers().GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return import_transformers().GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
 def save_hf(model: Model, out_dir: str | os.PathLike) -> list[Path]:
@@ -260,7 +260,7 @@ def save_hf(model: Model, out_dir: str | os.PathLike) -> list[Path]:
     the export does not write are kept. `GPT2LMHeadModel.from_pretrained(out_dir)` and
     `AutoTokenizer.from_pretrained(out_dir)` load it offline.
     """
-    transformers = _transformers()
+    transformers = import_transformers()
     from safetensors import SafetensorError  # what transformers' weight writer raises, a full disk included
     target = Path(out_dir)
     with folders_removed_on_failure(target):
@@ -272,7 +272,7 @@ def save_hf(model: Model, out_dir: str | os.PathLike) -> list[Path]:
         except OSError as error:
             raise UserError(f"could not write the model folder {out_dir}: {error.strerror or error}") from None
         try:
-            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's owner-only mode would stay with the renamed folder
+            os.chmod(staging, default_mode(folder=True))  # mkdtemp's owner-only mode would stay with the renamed folder
             with _quiet_transformers(progress_bars=False):  # a bar for one file would only add lines to stderr
                 to_hf(model).save_pretrained(staging)
                 gpt2_tokenizer(model.config.block_size).save_pretrained(staging)
@@ -307,17 +307,11 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
     return target
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def _move_into_place(staging: Path, target: Path, names: list[str]) -> None:
     """Give the files `names` written in `staging` ordinary permissions, make them durable and move them to
     `target`: the whole folder in one rename where `target` does not exist, else file by file (each rename
     replaces one file in one step)."""
-    mode = 0o666 & ~_umask()  # a plain open()'s; transformers writes model.safetensors owner-only
+    mode = default_mode()  # a plain open()'s; transformers writes model.safetensors owner-only
     for name in names:
         with open(staging / name, "rb+") as file:
             os.fchmod(file.fileno(), mode)
@@ -332,8 +326,4 @@ def _move_into_place(staging: Path, target: Path, names: list[str]) -> None:
         for name in names:
             os.replace(staging / name, target / name)
         synced = target
-    directory = os.open(synced, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the renames themselves durable
-    finally:
-        os.close(directory)
+    fsync_folder(synced)

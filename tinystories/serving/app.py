@@ -51,11 +51,11 @@ from tinystories.serving.openai_protocol import (
 )
 from tinystories.serving.service import (
     API_KEY_ENV,
+    ChoiceText,
     GenerationFailed,
     ServerConfig,
     Service,
     Submission,
-    _ChoiceText,
     generation_requests,
 )
 
@@ -76,7 +76,7 @@ def _is_loopback(host: str) -> bool:
 
 async def _stream(service: Service, submission: Submission, request: CompletionRequest,
                   header: ResponseHeader) -> AsyncIterator[str]:
-    choices = [_ChoiceText(False) for _ in submission.handles]
+    choices = [ChoiceText(False) for _ in submission.handles]
     prompt_tokens = completion_tokens = 0
     try:
         async for index, item in submission.items():
@@ -124,7 +124,7 @@ async def _until_disconnected(http_request: Request) -> None:
 
 
 async def _collect(submission: Submission, request: CompletionRequest, header: ResponseHeader) -> dict[str, Any]:
-    choices = [_ChoiceText(request.logprobs is not None) for _ in submission.handles]
+    choices = [ChoiceText(request.logprobs is not None) for _ in submission.handles]
     results: dict[int, SequenceResult] = {}
     async for index, item in submission.items():
         if isinstance(item, TokenEvent):

@@ -176,7 +176,7 @@ def generation_requests(request: CompletionRequest) -> list[GenerationRequest]:
             for index, ids in enumerate(prompts)]
 
 
-class _ChoiceText:
+class ChoiceText:
     """The text and logprobs of one choice so far, as its events arrive."""
 
     def __init__(self, with_logprobs: bool) -> None:
